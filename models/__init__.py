@@ -1,0 +1,37 @@
+"""Model zoo. ``build_model`` turns the resolved config into a network.
+
+Importing this package imports every architecture module, which fills the
+``MODELS`` registry; nothing else happens at import.
+"""
+from models import conv_nets, mobilenetv2, resnet_cifar, resnet_imagenet, vgg, wideresnet  # noqa: F401
+from models.builder import builder_from_config
+from models.conv_type import CONV_TYPES, MaskedConv
+from models.registry import MODELS
+from utils.config import check_prune_rate
+
+
+def build_model(cfg, num_classes, in_channels=3, image_size=32, mean=None, std=None, prune_rate=None):
+    """Build ``cfg.arch`` for a dataset; ``prune_rate`` overrides cfg.prune_rate (k, fraction kept)."""
+    k = cfg.prune_rate if prune_rate is None else prune_rate
+    builder = builder_from_config(cfg, prune_rate=k if _uses_masks(cfg) else 1.0)
+    if _uses_masks(cfg):
+        check_prune_rate(k)
+    model = MODELS.get(cfg.arch)(builder, num_classes=num_classes, in_channels=in_channels,
+                                 image_size=image_size, width_mult=cfg.width_mult)
+    model.set_normalization(mean, std)
+    return model
+
+
+def _uses_masks(cfg):
+    return issubclass(CONV_TYPES.get(cfg.conv_type or "SubnetConv"), MaskedConv)
+
+
+def masked_layers(model):
+    return [m for m in model.modules() if isinstance(m, MaskedConv)]
+
+
+def set_model_prune_rate(model, k):
+    """Set k (fraction kept) on every masked layer."""
+    check_prune_rate(k)
+    for m in masked_layers(model):
+        m.set_prune_rate(k)

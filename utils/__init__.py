@@ -1,0 +1,1 @@
+"""Shared helpers: configuration, registries, errors, checkpoints, attacks, logging."""
