@@ -7,6 +7,7 @@ Nothing here runs at import time.
 import argparse
 import difflib
 import os
+import sys
 
 import yaml
 
@@ -150,6 +151,32 @@ def build_parser(prog=None):
     return p
 
 
+def _is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _join_negative_values(parser, argv):
+    """'--lr -1e-3' -> '--lr=-1e-3': argparse only knows '-1' and '-.5' as numbers."""
+    out, skip = [], False
+    for i, tok in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        action = parser._option_string_actions.get(tok)
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if action is not None and action.nargs is None and action.type is not None \
+                and nxt is not None and nxt.startswith("-") and _is_number(nxt):
+            out.append(f"{tok}={nxt}" if tok.startswith("--") else f"{tok}{nxt}")
+            skip = True
+        else:
+            out.append(tok)
+    return out
+
+
 def _given_dests(parser, argv):
     """Destinations that appear on the command line, in any spelling."""
     probe = _Parser(add_help=False)
@@ -214,6 +241,7 @@ def load_yaml(path, parser):
 def parse_config(argv=None, prog=None, parser=None):
     """Parse ``argv`` (list of strings) into the resolved config namespace."""
     parser = parser or build_parser(prog)
+    argv = _join_negative_values(parser, sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     given = _given_dests(parser, argv)
     if args.config:

@@ -1,0 +1,1 @@
+"""Training loops, tasks, LR policies and evaluation."""

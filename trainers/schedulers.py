@@ -1,0 +1,96 @@
+"""Learning-rate policies (``--lr_policy``). Each returns ``set_lr(epoch, iteration=None) -> lr``,
+which writes the lr into every optimiser parameter group (scaled by the group's
+``lr_scale``, 1 unless a task set it). Epochs count from 0.
+"""
+import math
+
+from utils.registry import Registry
+
+LR_POLICIES = Registry("lr policy")
+SSFD_TAIL = (2.5, 1.25, 0.625, 0.3125, 0.15625)
+
+
+def _assigner(optimizer, rule):
+    def set_lr(epoch, iteration=None):
+        lr = rule(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+    return set_lr
+
+
+def _warmup(cfg, epoch):
+    """Linear warm-up factor over --warmup_length epochs (None once done)."""
+    if cfg.warmup_length and epoch < cfg.warmup_length:
+        return (epoch + 1) / cfg.warmup_length
+    return None
+
+
+@LR_POLICIES.register()
+def constant_lr(optimizer, cfg):
+    return _assigner(optimizer, lambda e: cfg.lr * (_warmup(cfg, e) or 1.0))
+
+
+@LR_POLICIES.register()
+def cosine_lr(optimizer, cfg):
+    def rule(e):
+        w = _warmup(cfg, e)
+        if w is not None:
+            return cfg.lr * w
+        span = max(1, cfg.epochs - cfg.warmup_length)
+        return 0.5 * (1 + math.cos(math.pi * (e - cfg.warmup_length) / span)) * cfg.lr
+    return _assigner(optimizer, rule)
+
+
+def _steps(milestones, factors):
+    def rule_factor(e):
+        f = 1.0
+        for m, factor in zip(milestones, factors):
+            if e >= m:
+                f = factor
+        return f
+    return rule_factor
+
+
+@LR_POLICIES.register()
+def multistep_lr(optimizer, cfg):
+    factor = _steps(list(cfg.multistep)[:2], (0.1, 0.01))
+    return _assigner(optimizer, lambda e: cfg.lr * factor(e))
+
+
+@LR_POLICIES.register()
+def cifar_piecewise(optimizer, cfg):
+    factor = _steps((80, 120), (0.1, 0.01))
+    return _assigner(optimizer, lambda e: cfg.lr * factor(e))
+
+
+@LR_POLICIES.register()
+def cifar_piecewise_adv(optimizer, cfg):
+    factor = _steps((50, 150), (0.1, 0.01))
+    return _assigner(optimizer, lambda e: cfg.lr * factor(e))
+
+
+@LR_POLICIES.register()
+def multistep_lr_imagenet(optimizer, cfg):
+    step = max(1, cfg.multistep_lr_adjust)
+    return _assigner(optimizer, lambda e: cfg.lr * cfg.multistep_lr_gamma ** (e // step))
+
+
+@LR_POLICIES.register()
+def multistep_lr_imagenet_free(optimizer, cfg):
+    """Free training replays each batch n_repeats times, so epochs are n_repeats x shorter."""
+    step = max(1, cfg.multistep_lr_adjust // max(1, cfg.n_repeats))
+    return _assigner(optimizer, lambda e: cfg.lr * cfg.multistep_lr_gamma ** (e // step))
+
+
+@LR_POLICIES.register()
+def ssfd(optimizer, cfg):
+    """10-epoch cycle: lr*(e+1) for e <= 4, then 2.5, 1.25, 0.625, 0.3125, 0.15625 x lr."""
+    def rule(epoch):
+        e = epoch % 10
+        return cfg.lr * (e + 1) if e <= 4 else cfg.lr * SSFD_TAIL[e - 5]
+    return _assigner(optimizer, rule)
+
+
+def get_policy(optimizer, cfg):
+    return LR_POLICIES.get(cfg.lr_policy)(optimizer, cfg)

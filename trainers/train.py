@@ -1,0 +1,110 @@
+"""One training epoch: natural, attack-augmented (pgd / fgsm / fgsm-rs) or free.
+
+Training attacks run with the model in train mode (BatchNorm batch statistics)
+and move every example at every step; they receive the bare module (not the
+DDP wrapper) since each rank attacks its own examples.
+"""
+import functools
+import math
+
+import torch
+from tqdm import tqdm
+
+from trainers.evaluate import autocast
+from trainers.metrics import Meter
+from utils.attacks import fgsm, fgsm_rs, free_update, pgd, project
+from utils.distributed import DistContext, all_reduce_sum
+from utils.errors import UserError
+from utils.registry import Registry
+
+TRAINERS = Registry("trainer")
+PGD_TRAIN_STEP = 2 / 255  # the original ignores --alpha for pgd
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def make_train_attack(cfg):
+    """Callable ``(model, x, y) -> x_adv`` for --attack_type (None for natural or free)."""
+    eps = cfg.epsilon / 255
+    if cfg.attack_type == "pgd":
+        return functools.partial(pgd, epsilon=eps, step=PGD_TRAIN_STEP, iters=cfg.attack_iters)
+    if cfg.attack_type == "fgsm":
+        return functools.partial(fgsm, epsilon=eps, alpha=cfg.alpha / 255)
+    if cfg.attack_type == "fgsm-rs":
+        return functools.partial(fgsm_rs, epsilon=eps)
+    return None
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _backward_step(loss, optimizer, scaler):
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+def _check_finite(loss, epoch, batch):
+    if not math.isfinite(float(loss)):
+        raise NonFiniteLoss(f"non-finite loss ({float(loss)}) at epoch {epoch} batch {batch}; "
+                            "stopped, last good checkpoint kept (lower --lr or check the data)")
+
+
+@TRAINERS.register("default")
+def train_epoch(model, loader, optimizer, criterion, cfg, device, epoch, ctx=DistContext(),
+                scaler=None, state=None, progress=True, should_stop=None):
+    """Train one epoch; returns the epoch's mean loss and accuracies (percent).
+
+    ``state`` is a dict carried across epochs (the free attack's perturbation).
+    ``should_stop()`` is polled after every batch (SIGTERM); the epoch ends early
+    and ``interrupted`` is set in the result.
+    """
+    model.train()
+    attack = make_train_attack(cfg)
+    meter = Meter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not (progress and ctx.is_main))
+    for i, (x, y) in enumerate(bar):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if cfg.attack_type == "free":
+            logits, loss = _free_batch(model, x, y, optimizer, criterion, cfg, device, scaler, state)
+        else:
+            with autocast(cfg.amp, device):
+                if attack is not None:
+                    x = attack(unwrap(model), x, y)
+                logits = model(x)
+                loss = criterion(logits.float(), y)
+            _check_finite(loss, epoch, i)
+            _backward_step(loss, optimizer, scaler)
+        _check_finite(loss, epoch, i)
+        meter.update(logits.detach(), y, loss.detach())
+        if should_stop is not None and should_stop():
+            break
+    summary = Meter.from_totals(all_reduce_sum(ctx, meter.totals(), device)).summary()
+    summary["interrupted"] = bool(should_stop is not None and should_stop())
+    return summary
+
+
+def _free_batch(model, x, y, optimizer, criterion, cfg, device, scaler, state):
+    """Free adversarial training: replay the batch n_repeats times, carrying delta."""
+    eps = cfg.epsilon / 255
+    delta = state.get("free_delta")
+    if delta is None or delta.shape[1:] != x.shape[1:] or delta.size(0) < x.size(0):
+        delta = torch.zeros_like(x)
+    delta = project(x, delta[: x.size(0)].to(device), eps)  # carried delta may leave [0, 1] on new x
+    for _ in range(max(1, cfg.n_repeats)):
+        d = delta.detach().requires_grad_(True)
+        with autocast(cfg.amp, device):
+            logits = model(x + d)
+            loss = criterion(logits.float(), y)
+        _backward_step(loss, optimizer, scaler)
+        delta = free_update(x, delta, d.grad, eps)
+    state["free_delta"] = delta
+    return logits, loss

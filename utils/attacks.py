@@ -1,0 +1,120 @@
+"""L-inf attacks in [0, 1] pixel space: small pure functions ``(model, x, y, ...) -> x_adv``.
+
+All radii and steps are in [0, 1] units (callers divide the CLI's 0-255 values
+by 255). Gradients are taken with respect to the input only: parameters are
+temporarily excluded from autograd, so no score/weight gradient is computed and
+masked layers use their cached masked weights (a frozen ticket costs a dense pass).
+Attacks never change the model's train/eval mode; the caller chooses it
+(training attacks: train mode; evaluation: eval mode).
+"""
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from utils.registry import Registry
+
+ATTACKS = Registry("attack")
+
+
+@contextlib.contextmanager
+def input_grad_only(model):
+    """Turn off requires_grad on the model's parameters for the duration."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def project(x, delta, epsilon):
+    """Clamp ``delta`` to the eps-ball and so that ``x + delta`` stays in [0, 1]."""
+    delta = delta.clamp(-epsilon, epsilon)
+    return torch.max(torch.min(delta, 1.0 - x), -x)
+
+
+def random_start(x, epsilon):
+    """Uniform start in [-eps, eps], projected to the valid image range."""
+    return project(x, torch.empty_like(x).uniform_(-epsilon, epsilon), epsilon)
+
+
+def input_gradient(model, x, delta, y, samples=1):
+    """Gradient of the mean cross-entropy w.r.t. ``delta`` (averaged over ``samples``
+    forward passes: EOT for randomised models) and the logits of the first pass."""
+    grad, first_logits = torch.zeros_like(delta), None
+    with input_grad_only(model), torch.enable_grad():
+        for _ in range(samples):
+            d = delta.detach().requires_grad_(True)
+            logits = model(x + d)
+            loss = F.cross_entropy(logits.float(), y)
+            grad += torch.autograd.grad(loss, d)[0]
+            first_logits = logits.detach() if first_logits is None else first_logits
+    return grad / samples, first_logits
+
+
+def sign_step(x, delta, grad, step, epsilon):
+    """One signed-gradient ascent step followed by projection."""
+    return project(x, delta + step * grad.sign(), epsilon)
+
+
+@ATTACKS.register("pgd")
+def pgd(model, x, y, epsilon, step, iters, restarts=1, early_stop=False, eot_samples=1):
+    """PGD with uniform random start, ``iters`` steps of ``step``.
+
+    early_stop (evaluation): at each step only examples still classified correctly
+    move, and the loop ends once none is. Across restarts the perturbation with
+    the highest per-example loss is kept.
+    """
+    best_delta, best_loss = torch.zeros_like(x), None
+    for _ in range(max(1, restarts)):
+        delta = random_start(x, epsilon)
+        for _ in range(iters):
+            grad, logits = input_gradient(model, x, delta, y, eot_samples)
+            if early_stop:
+                active = (logits.argmax(1) == y).view(-1, *[1] * (x.dim() - 1))
+                if not active.any():
+                    break
+                delta = torch.where(active, sign_step(x, delta, grad, step, epsilon), delta)
+            else:
+                delta = sign_step(x, delta, grad, step, epsilon)
+        if restarts <= 1:
+            return (x + delta).detach()
+        with torch.no_grad():
+            loss = F.cross_entropy(model(x + delta).float(), y, reduction="none")
+        if best_loss is None:
+            best_delta, best_loss = delta, loss
+        else:
+            better = (loss >= best_loss).view(-1, *[1] * (x.dim() - 1))
+            best_delta = torch.where(better, delta, best_delta)
+            best_loss = torch.max(best_loss, loss)
+    return (x + best_delta).detach()
+
+
+@ATTACKS.register("fgsm")
+def fgsm(model, x, y, epsilon, alpha):
+    """FGSM from a zero start, one step of ``alpha``."""
+    delta = torch.zeros_like(x)
+    grad, _ = input_gradient(model, x, delta, y)
+    return (x + sign_step(x, delta, grad, alpha, epsilon)).detach()
+
+
+@ATTACKS.register("fgsm-rs")
+def fgsm_rs(model, x, y, epsilon):
+    """FGSM with a uniform random start and one step of 1.25 * eps (Wong et al.)."""
+    delta = random_start(x, epsilon)
+    grad, _ = input_gradient(model, x, delta, y)
+    return (x + sign_step(x, delta, grad, 1.25 * epsilon, epsilon)).detach()
+
+
+def pgd20(model, x, y, epsilon, step=2 / 255, iters=20, restarts=1, eot_samples=1):
+    """The evaluation attack: PGD-20, step 2/255, per-example early stop."""
+    return pgd(model, x, y, epsilon, step, iters, restarts=restarts, early_stop=True,
+               eot_samples=eot_samples)
+
+
+def free_update(x, delta, grad, epsilon):
+    """Free adversarial training: delta += eps * sign(grad), projected."""
+    return sign_step(x, delta, grad, epsilon, epsilon).detach()
