@@ -53,8 +53,9 @@ def _backward_step(loss, optimizer, scaler):
 
 
 def _check_finite(loss, epoch, batch):
-    if not math.isfinite(float(loss)):
-        raise NonFiniteLoss(f"non-finite loss ({float(loss)}) at epoch {epoch} batch {batch}; "
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"non-finite loss ({value}) at epoch {epoch} batch {batch}; "
                             "stopped, last good checkpoint kept (lower --lr or check the data)")
 
 
@@ -75,6 +76,7 @@ def train_epoch(model, loader, optimizer, criterion, cfg, device, epoch, ctx=Dis
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if cfg.attack_type == "free":
             logits, loss = _free_batch(model, x, y, optimizer, criterion, cfg, device, scaler, state)
+            _check_finite(loss, epoch, i)
         else:
             with autocast(cfg.amp, device):
                 if attack is not None:
@@ -83,7 +85,6 @@ def train_epoch(model, loader, optimizer, criterion, cfg, device, epoch, ctx=Dis
                 loss = criterion(logits.float(), y)
             _check_finite(loss, epoch, i)
             _backward_step(loss, optimizer, scaler)
-        _check_finite(loss, epoch, i)
         meter.update(logits.detach(), y, loss.detach())
         if should_stop is not None and should_stop():
             break

@@ -40,7 +40,7 @@ def _float_list(text):
 
 def _add_general(p):
     p.add_argument("--config", default=None, help="YAML preset; its keys are the destination names below")
-    p.add_argument("--data", default="data", help="dataset root folder")
+    p.add_argument("--data", default="datasets", help="dataset root folder")
     p.add_argument("--set", default="Digits", help="dataset name (see data registry); Digits needs no download")
     p.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
     p.add_argument("--image_size", type=int, default=32, help="ImageFolder: side length in pixels")
