@@ -36,7 +36,7 @@ def install_discard_hooks(model):
 
 
 def discard_scores(model, optimizer, fraction):
-    """Zero the lowest-|score| ``fraction`` of each layer, and their optimiser state."""
+    """Zero the lowest-|score| ``fraction`` of each layer, with their gradient and optimiser state."""
     if fraction <= 0:
         return
     for m in model.modules():
@@ -52,6 +52,8 @@ def discard_scores(model, optimizer, fraction):
         m.alive = (m.alive.flatten() * alive).view_as(m.scores)
         with torch.no_grad():
             m.scores.mul_(m.alive)
+            if m.scores.grad is not None:
+                m.scores.grad.mul_(m.alive)
         for buf in optimizer.state.get(m.scores, {}).values():
             if torch.is_tensor(buf) and buf.shape == m.scores.shape:
                 buf.mul_(m.alive)

@@ -56,13 +56,14 @@ def find_search_checkpoint(cfg, run_dir):
     """--pretrained, else the sibling search run's best checkpoint."""
     if cfg.pretrained:
         return cfg.pretrained
-    candidates = [os.path.join(run_dir, "..", "search", "checkpoints", "model_best.pth"),
-                  os.path.join(run_dir, "..", "checkpoints", "model_best.pth")]
+    # normpath first: '<run>/..' must resolve even before <run> exists
+    candidates = [os.path.normpath(os.path.join(run_dir, "..", "search", "checkpoints", "model_best.pth")),
+                  os.path.normpath(os.path.join(run_dir, "..", "checkpoints", "model_best.pth"))]
     for path in candidates:
         if os.path.isfile(path):
-            return os.path.normpath(path)
+            return path
     raise UserError(f"--task {cfg.task} needs a searched ticket: pass --pretrained, or run the search first "
-                    f"(looked for {os.path.normpath(candidates[0])} and {os.path.normpath(candidates[1])})")
+                    f"(looked for {candidates[0]} and {candidates[1]})")
 
 
 @TASKS.register("search")
