@@ -1,0 +1,100 @@
+"""Every task end to end through the real CLI on Digits (tiny model, one short epoch)."""
+import json
+import os
+
+import pytest
+import torch
+
+import main as main_entry
+from tests.helpers import run_cli
+
+RESULT_KEYS = {"task", "arch", "set", "prune_rate", "epochs_done", "natural_acc1", "robust_acc1", "best_acc1",
+               "natural_acc1_at_best_robustness", "train_seconds"}
+
+
+def common(tmp, *extra):
+    return ["--set", "Digits", "--arch", "cResNet18", "--width-mult", "0.125", "-b", "64", "--low-data", "0.15",
+            "--n_eval", "32", "--epochs", "1", "--val_every", "1", "--seed", "0", "--log-dir", str(tmp),
+            "--name", "t", "--workers", "0", "--attack_type", "pgd", "--attack_iters", "1", *extra]
+
+
+def run_dir(tmp, task, k="0.3"):
+    return os.path.join(str(tmp), "no_config", "t", f"prune_rate={k}", task)
+
+
+def check_run(path, task):
+    for name in ("model_latest.pth", "model_best.pth"):
+        assert os.path.isfile(os.path.join(path, "checkpoints", name))
+    for name in ("log.txt", "settings.txt", "results.json"):
+        assert os.path.isfile(os.path.join(path, name))
+    with open(os.path.join(path, "results.json")) as fh:
+        res = json.load(fh)
+    assert set(res) == RESULT_KEYS and res["task"] == task and res["epochs_done"] == 1
+    assert 0 <= res["natural_acc1"] <= 100 and 0 <= res["robust_acc1"] <= 100
+    return res
+
+
+def scores(path):
+    state = torch.load(os.path.join(path, "checkpoints", "model_best.pth"), weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if k.endswith("scores")}, state
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chain")
+    proc = run_cli("main.py", *common(tmp, "--prune-rate", "0.3", "--task", "search"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    check_run(run_dir(tmp, "search"), "search")
+    return tmp
+
+
+@pytest.mark.parametrize("task", ["ft_inherit", "ft_reinit", "ft_full"])
+def test_finetune_finds_the_search_run_by_itself(searched, task):
+    proc = run_cli("main.py", *common(searched, "--prune-rate", "0.3", "--task", task))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    check_run(run_dir(searched, task), task)
+    search_scores, search_state = scores(run_dir(searched, "search"))
+    ft_scores, ft_state = scores(run_dir(searched, task))
+    assert all(torch.equal(search_scores[k], ft_scores[k]) for k in search_scores), "mask must be frozen"
+    assert not torch.equal(search_state["conv1.weight"], ft_state["conv1.weight"]), "weights must train"
+
+
+def test_evaluate_prints_accuracies(searched, tmp_path):
+    ckpt = os.path.join(run_dir(searched, "search"), "checkpoints", "model_best.pth")
+    proc = run_cli("main.py", *common(tmp_path, "--prune-rate", "0.3", "-e", "--pretrained", ckpt))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("Natural Acc: ") and ", Robust Acc: " in line
+    with open(os.path.join(run_dir(tmp_path, "search"), "results.json")) as fh:
+        res = json.load(fh)
+    assert f"{res['natural_acc1']:.2f}" in line and f"{res['robust_acc1']:.2f}" in line
+
+
+def test_train_full_checkpoint_draws_an_rtt(tmp_path):
+    proc = run_cli("train_full.py", *common(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    full = run_dir(tmp_path, "train_full", k="1.0")
+    check_run(full, "train_full")
+    ckpt = os.path.join(full, "checkpoints", "model_best.pth")
+    proc = run_cli("main.py", *common(tmp_path, "--prune-rate", "0.3", "--task", "search", "--pretrained", ckpt))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, dense = scores(full)
+    _, rtt = scores(run_dir(tmp_path, "search"))
+    assert torch.equal(dense["conv1.weight"], rtt["conv1.weight"]), "an RTT keeps the trained weights"
+    assert dense["bn1.running_mean"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "fgsm-rs", "free", "None"])
+def test_other_training_attacks_run(tmp_path, attack):
+    out = main_entry.main(common(tmp_path, "--prune-rate", "0.3", "--attack_type", attack, "--n_repeats", "2",
+                                 "--low-data", "0.05"))
+    assert out["epochs_done"] == 1
+    assert (out["robust_acc1"] is None) == (attack == "None")
+
+
+def test_search_really_learns(tmp_path):
+    """Natural edge-popup search at k=0.3 on Digits: far above the 10% of chance."""
+    out = main_entry.main(common(tmp_path, "--prune-rate", "0.3", "--attack_type", "None", "--epochs", "3",
+                                 "--width-mult", "0.25", "--low-data", "1", "--n_eval", "360",
+                                 "--lr_policy", "cosine_lr", "--init", "signed_constant", "--val_every", "3"))
+    assert out["natural_acc1"] > 60, out
