@@ -5,6 +5,7 @@ import torch
 from trainers.optim import build_optimizer
 from trainers.schedulers import LR_POLICIES, get_policy
 from trainers.tasks import set_trainable
+from utils.errors import UserError
 from tests.helpers import tiny_cfg, tiny_model
 
 EXPECTED = {  # policy: {epoch: lr / base lr} with base lr 0.1, 160 epochs, warmup 0
@@ -41,6 +42,11 @@ def test_every_policy_has_expectations():
 def test_linear_warmup(name):
     set_lr = get_policy(opt(), tiny_cfg("--lr_policy", name, "--warmup_length", "4", "--lr", "0.4"))
     assert [round(set_lr(e), 6) for e in range(4)] == [0.1, 0.2, 0.3, 0.4]
+
+
+def test_multistep_needs_milestones():
+    with pytest.raises(UserError, match="--multistep"):
+        get_policy(opt(), tiny_cfg("--lr_policy", "multistep_lr"))
 
 
 def test_unknown_policy_lists_valid_names():

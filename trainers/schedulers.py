@@ -4,6 +4,7 @@ which writes the lr into every optimiser parameter group (scaled by the group's
 """
 import math
 
+from utils.errors import UserError
 from utils.registry import Registry
 
 LR_POLICIES = Registry("lr policy")
@@ -54,6 +55,8 @@ def _steps(milestones, factors):
 
 @LR_POLICIES.register()
 def multistep_lr(optimizer, cfg):
+    if not cfg.multistep:
+        raise UserError("--lr_policy multistep_lr needs milestones: pass e.g. --multistep 80 120")
     factor = _steps(list(cfg.multistep)[:2], (0.1, 0.01))
     return _assigner(optimizer, lambda e: cfg.lr * factor(e))
 
