@@ -21,7 +21,13 @@ CONV_TYPES = Registry("conv type")
 
 
 def topk_mask(scores, k):
-    """0/1 mask keeping ``n - int((1-k)*n)`` entries of largest ``|scores|``."""
+    """0/1 mask keeping ``n - int((1-k)*n)`` entries of largest ``|scores|``.
+
+    A selection, not a full sort. On CPU: ``kthvalue`` (O(n)) with an exact
+    top-k fallback when ties sit at the threshold. On CUDA: ``topk`` of the
+    smaller side, which always selects an exact count and never waits for the
+    host (no ``.item()`` synchronisation per layer).
+    """
     flat = scores.detach().abs().flatten()
     n = flat.numel()
     drop = int((1.0 - k) * n)
@@ -29,14 +35,62 @@ def topk_mask(scores, k):
         return torch.ones_like(scores)
     if drop >= n:
         return torch.zeros_like(scores)
-    # kthvalue is a selection (no full sort); ties at the threshold fall back to topk
-    # so that exactly n - drop entries are kept.
+    if flat.is_cuda:
+        return _topk_select(flat, drop).to(scores.dtype).view_as(scores)
     threshold = torch.kthvalue(flat, drop).values
     keep = flat > threshold
     if int(keep.sum()) != n - drop:
-        keep = torch.zeros(n, dtype=torch.bool, device=scores.device)
-        keep[torch.topk(flat, n - drop, largest=True, sorted=False).indices] = True
+        keep = _topk_select(flat, drop)
     return keep.to(scores.dtype).view_as(scores)
+
+
+def _topk_select(flat, drop):
+    """Bool mask dropping exactly the ``drop`` smallest entries (ties broken by topk)."""
+    n = flat.numel()
+    if drop <= n - drop:
+        keep = torch.ones(n, dtype=torch.bool, device=flat.device)
+        keep[torch.topk(flat, drop, largest=False, sorted=False).indices] = False
+    else:
+        keep = torch.zeros(n, dtype=torch.bool, device=flat.device)
+        keep[torch.topk(flat, n - drop, largest=True, sorted=False).indices] = True
+    return keep
+
+
+class _MaskedWeightSTE(torch.autograd.Function):
+    """``weight * mask`` with the edge-popup straight-through gradient to the scores.
+
+    Value: exactly ``weight * mask``. Gradients: ``weight`` gets ``g * mask``;
+    ``scores`` get ``(g * weight)`` summed over the dimensions the scores are
+    broadcast over, times ``sign(scores)`` (the mask stands in for ``|score|``).
+    This is what autograd gives for ``weight * (mask + |s| - |s|.detach())``,
+    with one element-wise op in the forward instead of four and no temporaries
+    kept for the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, scores, mask):
+        ctx.save_for_backward(weight, scores, mask)
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, scores, mask = ctx.saved_tensors
+        g_weight = grad * mask if ctx.needs_input_grad[0] else None
+        g_scores = None
+        if ctx.needs_input_grad[1]:
+            g_scores = (grad * weight).sum_to_size(scores.shape) * scores.sign()
+        return g_weight, g_scores, None
+
+
+def _state_key(t):
+    """Identity of tensor ``t`` in its current state: the object, its in-place
+    version counter and its storage address (``.data =`` swaps keep the version)."""
+    return t, t._version, t.data_ptr()
+
+
+def _same_state(key, t):
+    """True if ``key`` (from ``_state_key``) was taken from ``t`` in its current state."""
+    return key is not None and key[0] is t and key[1] == t._version and key[2] == t.data_ptr()
 
 
 @CONV_TYPES.register()
@@ -71,36 +125,37 @@ class MaskedConv(nn.Conv2d):
     def compute_mask(self):
         return topk_mask(self.scores, self.prune_rate)
 
-    def _score_key(self):
-        s = self.scores
-        return (s._version, s.data_ptr(), s.device, s.dtype, self.prune_rate)
-
     def mask(self):
-        """Current 0/1 mask (no gradient), cached until the scores change."""
-        key = self._score_key()
-        if self._mask_cache[0] != key:
-            with torch.no_grad():
-                self._mask_cache = (key, self.compute_mask())
-        return self._mask_cache[1]
+        """Current 0/1 mask (no gradient), cached until the scores change.
 
-    def _ste_mask(self, mask):
-        """The mask in value; gradient to the scores straight through |score|."""
-        a = self.scores.abs()
-        return mask + (a - a.detach())
+        The cache key is the scores tensor itself, its in-place version counter
+        (bumped by every optimiser step, ``load_state_dict`` and in-place edit),
+        its storage address and k, so the top-k selection runs once per
+        optimiser step however many forward passes (attack steps) use it.
+        """
+        key, mask = self._mask_cache
+        if key is None or not _same_state(key[0], self.scores) or key[1] != self.prune_rate:
+            with torch.no_grad():
+                mask = self.compute_mask()
+            self._mask_cache = ((_state_key(self.scores), self.prune_rate), mask)
+        return mask
 
     def masked_weight(self):
+        """The weight the convolution uses: STE product when scores train, else
+        ``weight * mask`` (cached while neither weight nor mask changes)."""
         mask = self.mask()
         grad_on = torch.is_grad_enabled()
         if grad_on and self.scores.requires_grad:
-            return self.weight * self._ste_mask(mask)
+            return _MaskedWeightSTE.apply(self.weight, self.scores, mask)
         if grad_on and self.weight.requires_grad:
             return self.weight * mask
-        w = self.weight
-        key = (self._mask_cache[0], w._version, w.data_ptr(), w.device, w.dtype)
-        if self._weight_cache[0] != key:
+        # no parameter needs a gradient (evaluation, attack steps): reuse weight * mask
+        key, masked = self._weight_cache
+        if key is None or not _same_state(key[0], self.weight) or key[1] is not mask:
             with torch.no_grad():
-                self._weight_cache = (key, w * mask)
-        return self._weight_cache[1]
+                masked = self.weight * mask
+            self._weight_cache = ((_state_key(self.weight), mask), masked)
+        return masked
 
     def clear_cache(self):
         self._mask_cache = (None, None)
@@ -111,7 +166,11 @@ class MaskedConv(nn.Conv2d):
         m = self.mask().expand_as(self.weight)
         return float(m.sum() / m.numel())
 
+    @torch.compiler.disable
     def forward(self, x):
+        """Eager even inside a torch.compile'd model: the caches are Python state
+        (version counters) that a compiled graph cannot check, so the graph breaks
+        around each masked layer; the convolution itself gains nothing from compiling."""
         return self._conv_forward(x, self.masked_weight(), self.bias)
 
     def extra_repr(self):

@@ -15,6 +15,10 @@ import torch.nn.functional as F
 from utils.registry import Registry
 
 ATTACKS = Registry("attack")
+# fp16 autocast: the attack loss is multiplied by this before backward (and the
+# gradient divided by it after, in fp32) so small input gradients do not flush
+# to zero in half precision; the signed steps are unchanged by the scale.
+FP16_ATTACK_LOSS_SCALE = 1024.0
 
 
 @contextlib.contextmanager
@@ -45,19 +49,29 @@ def input_gradient(model, x, delta, y, samples=1):
     """Gradient of the mean cross-entropy w.r.t. ``delta`` (averaged over ``samples``
     forward passes: EOT for randomised models) and the logits of the first pass."""
     grad, first_logits = torch.zeros_like(delta), None
+    scale = FP16_ATTACK_LOSS_SCALE if _fp16_autocast(x.device) else 1.0
     with input_grad_only(model), torch.enable_grad():
         for _ in range(samples):
             d = delta.detach().requires_grad_(True)
             logits = model(x + d)
             loss = F.cross_entropy(logits.float(), y)
-            grad += torch.autograd.grad(loss, d)[0]
+            grad += torch.autograd.grad(loss * scale if scale != 1.0 else loss, d)[0]
             first_logits = logits.detach() if first_logits is None else first_logits
-    return grad / samples, first_logits
+    return grad / (samples * scale), first_logits
+
+
+def _fp16_autocast(device):
+    return (device.type == "cuda" and torch.is_autocast_enabled("cuda")
+            and torch.get_autocast_dtype("cuda") == torch.float16)
 
 
 def sign_step(x, delta, grad, step, epsilon):
-    """One signed-gradient ascent step followed by projection."""
-    return project(x, delta + step * grad.sign(), epsilon)
+    """One signed-gradient ascent step followed by projection.
+
+    A NaN gradient entry (an overflow under mixed precision) moves nothing
+    rather than turning the example into NaNs; +-inf keep their sign.
+    """
+    return project(x, delta + step * torch.nan_to_num(grad.sign(), nan=0.0), epsilon)
 
 
 @ATTACKS.register("pgd")

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from utils.errors import UserError
+
 log = logging.getLogger("rst")
 
 
@@ -25,12 +27,23 @@ class DistContext:
 
 
 def init_distributed():
-    """Join torchrun's process group when launched by torchrun (WORLD_SIZE > 1)."""
+    """Join torchrun's process group when launched by torchrun (WORLD_SIZE > 1).
+
+    NCCL when CUDA is available (each process binds GPU LOCAL_RANK before joining,
+    so collectives never guess a device), Gloo on CPU. The rendezvous address,
+    rank and world size come from torchrun's environment variables.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "gloo"
+    if torch.cuda.is_available():
+        if local >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s) visible: "
+                            "--nproc_per_node must not exceed the GPUs per node")
+        torch.cuda.set_device(local)
+        backend = "nccl"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return DistContext(rank, world, local)
@@ -52,6 +65,23 @@ def all_reduce_sum(ctx, values, device):
 def barrier(ctx):
     if ctx.enabled:
         dist.barrier()
+
+
+def broadcast_buffers(ctx, module, src=0):
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank.
+
+    Training attacks run the bare module in train mode, so each rank's running
+    statistics drift apart between DDP forwards; evaluation and checkpoints use
+    rank 0's. Parameters need no sync: DDP keeps them identical.
+    """
+    if ctx.enabled:
+        for buf in module.buffers():
+            if buf.is_contiguous():
+                dist.broadcast(buf, src)
+            else:  # e.g. a (1, C, 1, 1) buffer after .to(memory_format=channels_last)
+                tmp = buf.contiguous()
+                dist.broadcast(tmp, src)
+                buf.copy_(tmp)
 
 
 def select_device(cfg, ctx):
