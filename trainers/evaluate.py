@@ -24,6 +24,13 @@ def pgd20_attack(cfg):
     return functools.partial(pgd20, epsilon=cfg.epsilon / 255)
 
 
+@EVAL_ATTACKS.register("autoattack")
+def autoattack_attack(cfg):
+    """AutoAttack, standard version (torchattacks; imported only when used, see utils.autoattack)."""
+    from utils.autoattack import autoattack_from_config
+    return autoattack_from_config(cfg)
+
+
 def autocast(amp, device):
     """bf16/fp16 autocast on CUDA; a no-op elsewhere."""
     if device.type != "cuda" or amp in (None, "none"):
@@ -31,11 +38,21 @@ def autocast(amp, device):
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def to_input(x, device, channels_last=False):
+    """Move an image batch to ``device``; channels-last on CUDA when asked (the
+    format ``prepare`` gives the model there), so no conv converts its input."""
+    x = x.to(device, non_blocking=True)
+    if channels_last and device.type == "cuda" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def evaluate(model, loader, device, attack=None, amp="none", ctx=DistContext(), desc="eval",
-             limit=None, progress=False):
+             limit=None, progress=False, channels_last=False):
     """Top-1/top-5 (percent) and loss on ``loader``; ``attack(model, x, y) -> x_adv``.
 
-    ``limit`` stops after that many examples (on this rank).
+    ``limit`` stops after that many examples (on this rank). ``channels_last``:
+    inputs in the model's channels-last memory format (see ``to_input``).
     """
     was_training = model.training
     model.eval()
@@ -44,7 +61,7 @@ def evaluate(model, loader, device, attack=None, amp="none", ctx=DistContext(), 
     for x, y in batches:
         if limit is not None and meter.n >= limit:
             break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_input(x, device, channels_last), y.to(device, non_blocking=True)
         if limit is not None:
             x, y = x[:limit - meter.n], y[:limit - meter.n]
         with autocast(amp, device):

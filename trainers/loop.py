@@ -15,38 +15,57 @@ from data import build_dataset, make_loader, subset
 from models import build_model, masked_layers, set_model_prune_rate
 from trainers import pruning
 from trainers.evaluate import EVAL_ATTACKS, evaluate
-from trainers.optim import build_criterion, build_optimizer
-from trainers.schedulers import get_policy
-from trainers.state import TrainState
+from trainers.optim import build_criterion, build_optimizer, check_optimizer
+from trainers.schedulers import LR_POLICIES, get_policy
+from trainers.state import TrainState, same_data_order
 from trainers.tasks import set_trainable, setup_task
 from trainers.train import TRAINERS, unwrap
-from utils.checkpoint import atomic_save, check_arch, extract_state_dict, load_checkpoint, load_model_state
-from utils.distributed import barrier, init_distributed, select_device, shutdown
+from utils.checkpoint import (atomic_save, check_arch, extract_state_dict, load_checkpoint, load_model_state,
+                              remove_stale_temporaries)
+from utils.distributed import all_reduce_sum, barrier, broadcast_buffers, init_distributed, select_device, shutdown
 from utils.errors import UserError
-from utils.run_dir import Run, config_dict, setup_logging
-from utils.seed import get_rng_state, seed_all, set_rng_state
+from utils.run_dir import Run, config_dict, run_dir_for, setup_logging
+from utils.seed import gather_rng_states, get_rng_state, rng_for_rank, seed_all, set_rng_state
 
 log = logging.getLogger("rst")
 
 
 def run_main(cfg, entry="main"):
-    """Entry for main.py / train_full.py; returns the results dict."""
+    """Entry for main.py / train_full.py; returns the results dict.
+
+    Names, data, model and every checkpoint to load are checked before the run
+    directory is created, so a bad invocation leaves no run behind.
+    """
     ctx = init_distributed()
     setup_logging(is_main=ctx.is_main)
     try:
         if entry == "train_full":
             cfg.prune_rate = 1.0
-        run = Run(cfg, ctx.is_main, task="train_full" if entry == "train_full" else cfg.task)
+        task = "train_full" if entry == "train_full" else cfg.task
+        check_names(cfg)
         device, data, model = prepare(cfg, ctx)
         if entry == "train_full":
             set_trainable(model, weights=True, scores=False)
         else:
-            setup_task(model, cfg, run.dir)
+            setup_task(model, cfg, run_dir_for(cfg, task))
+        resume = None if cfg.evaluate else load_resume(cfg, run_dir_for(cfg, task), model)
+        run = Run(cfg, ctx.is_main, task=task)
         if cfg.evaluate:
             return evaluate_only(cfg, ctx, run, device, data, model)
-        return fit(cfg, ctx, run, device, data, model)
+        return fit(cfg, ctx, run, device, data, model, resume)
     finally:
         shutdown(ctx)
+
+
+def check_names(cfg):
+    """Fail fast on names only looked up later (after the first epoch, for some)."""
+    LR_POLICIES.get(cfg.lr_policy)
+    TRAINERS.get(cfg.trainer)
+    check_optimizer(cfg.optimizer)
+    if cfg.attack_type:
+        EVAL_ATTACKS.get(cfg.eval_attack)
+    if cfg.evaluate and not cfg.pretrained:
+        raise UserError("--evaluate needs --pretrained CHECKPOINT")
 
 
 def prepare(cfg, ctx):
@@ -69,12 +88,17 @@ def validate(cfg, ctx, device, data, model, progress=False):
     """Natural and (if an attack type is set, or asked) robust metrics on the val set."""
     loader = make_loader(subset(data.val, cfg.n_eval), cfg.test_batch_size, False, cfg,
                          rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed or 0)
-    natural = evaluate(model, loader, device, amp=cfg.amp, ctx=ctx, desc="natural", progress=progress)
+    # The bare module on every rank (no DDP collectives: val shards may differ by one
+    # batch), with rank 0's BatchNorm statistics, the ones its checkpoint holds.
+    model = unwrap(model)
+    broadcast_buffers(ctx, model)
+    natural = evaluate(model, loader, device, amp=cfg.amp, ctx=ctx, desc="natural", progress=progress,
+                       channels_last=cfg.channels_last)
     robust = None
     if cfg.attack_type:
         attack = EVAL_ATTACKS.get(cfg.eval_attack)(cfg)
-        robust = evaluate(unwrap(model), loader, device, attack=attack, amp=cfg.amp, ctx=ctx,
-                          desc=cfg.eval_attack, progress=progress)
+        robust = evaluate(model, loader, device, attack=attack, amp=cfg.amp, ctx=ctx,
+                          desc=cfg.eval_attack, progress=progress, channels_last=cfg.channels_last)
     return natural, robust
 
 
@@ -103,6 +127,9 @@ def evaluate_only(cfg, ctx, run, device, data, model):
 
 
 def checkpoint_dict(cfg, model, optimizer, state, extra):
+    """Everything to continue bit-for-bit: model, optimiser, position (epoch, batches_done;
+    the LR is a function of the epoch), metrics, RNG states, config (whose seed with the
+    epoch fixes the data order) and ``extra`` (the free attack's delta)."""
     d = state.as_dict()
     d.update(arch=cfg.arch, state_dict=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
              prune_rate=float(cfg.prune_rate), task=cfg.task, config=config_dict(cfg), rng=get_rng_state(),
@@ -112,37 +139,63 @@ def checkpoint_dict(cfg, model, optimizer, state, extra):
     return d
 
 
-def resume_path(cfg, run):
+def resume_path(cfg, run_dir):
     if cfg.resume:
         return cfg.resume
     if cfg.automatic_resume:
-        path = run.ckpt("model_latest.pth")
+        path = os.path.join(run_dir, "checkpoints", "model_latest.pth")
         return path if os.path.isfile(path) else None
     return None
 
 
-def try_resume(cfg, run, model, optimizer, extra):
-    """Load model, optimiser, metrics, RNG and loop state from a checkpoint if asked."""
-    path = resume_path(cfg, run)
+def load_resume(cfg, run_dir, model):
+    """Load the checkpoint to resume from (if asked) into ``model``; returns (path, ckpt) or None.
+
+    Runs before the run directory exists, so a missing, corrupt or mismatched
+    file fails without leaving anything behind.
+    """
+    path = resume_path(cfg, run_dir)
     if not path:
-        return TrainState()
-    ckpt = load_checkpoint(path)
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+    except UserError as exc:
+        if cfg.resume:
+            raise
+        raise UserError(f"--automatic_resume: {exc}, or delete it to start this run over") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"'{path}' is not a training checkpoint (a dict with state_dict, epoch, ...)")
     check_arch(ckpt, cfg.arch, path)
     load_model_state(unwrap(model), extract_state_dict(ckpt, path), strict=not cfg.not_strict, path=path)
+    TrainState.from_checkpoint(ckpt, path)  # validates the loop position now
+    return path, ckpt
+
+
+def try_resume(cfg, resume, model, optimizer, extra, ctx=None):
+    """Optimiser, metrics, RNG and loop state from ``load_resume``'s checkpoint."""
+    if not resume:
+        return TrainState()
+    path, ckpt = resume
     if "optimizer" in ckpt:
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError) as exc:
-            raise UserError(f"'{path}': optimizer state does not match this run ({exc})") from None
-    set_rng_state(ckpt.get("rng"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"'{path}': optimizer state does not match this run ({exc}); "
+                            "check --optimizer and --task, or pass --pretrained instead of --resume") from None
+    set_rng_state(rng_for_rank(ckpt, ctx) if ctx is not None else ckpt.get("rng"), path)
     if ckpt.get("free_delta") is not None:
         extra["free_delta"] = ckpt["free_delta"]
     for m in masked_layers(unwrap(model)):
         m.clear_cache()
-    state = TrainState.from_checkpoint(ckpt)
+    state = TrainState.from_checkpoint(ckpt, path)
+    if state.batches_done and not same_data_order(ckpt, cfg, ctx.world_size if ctx else 1):
+        log.warning("%s: --seed, --batch_size, the data or the process count changed, so epoch %d "
+                    "restarts from its first batch", path, state.epoch)
+        state.batches_done, state.epoch_totals = 0, None
     if cfg.start_epoch is not None:
-        state.epoch = cfg.start_epoch
-    log.info("resumed from %s at epoch %d", path, state.epoch)
+        state.epoch, state.batches_done, state.epoch_totals = cfg.start_epoch, 0, None
+    log.info("resumed from %s at epoch %d%s", path, state.epoch,
+             f" batch {state.batches_done}" if state.batches_done else "")
     return state
 
 
@@ -171,6 +224,16 @@ class StopFlag:
         return self.stop
 
 
+def compile_model(model, recompile_limit=64, **compile_kwargs):
+    """``torch.compile`` for --compile. Masked layers run eagerly (their mask caches are
+    Python state), so the graph breaks around each one and a block's code is compiled
+    once per layer shape and mode (attack, training, evaluation, evaluation attack):
+    allow that many variants per code object rather than falling back to eager."""
+    import torch._dynamo
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
+    return torch.compile(model, **compile_kwargs)
+
+
 def wrap_parallel(cfg, ctx, model, device):
     if ctx.enabled:
         ids = [device.index] if device.type == "cuda" else None
@@ -197,23 +260,36 @@ class Session:
     extra: dict = field(default_factory=dict)  # loop state saved with checkpoints
 
 
-def fit(cfg, ctx, run, device, data, model):
+def fit(cfg, ctx, run, device, data, model, resume=None):
+    """Train ``cfg.epochs`` epochs; ``resume`` is ``load_resume``'s (path, checkpoint).
+
+    On SIGTERM the loop saves a checkpoint (mid-epoch if need be), writes no
+    results.json and returns with ``interrupted`` set; the process exits 0.
+    """
     s = Session(cfg, ctx, run, device, data, model)
     s.optimizer = build_optimizer(cfg, model)
     s.set_lr, s.criterion = get_policy(s.optimizer, cfg), build_criterion(cfg)
-    state = try_resume(cfg, run, model, s.optimizer, s.extra)
+    state = try_resume(cfg, resume, model, s.optimizer, s.extra, ctx)
+    if run.is_main:
+        remove_stale_temporaries(run.ckpt_dir)
     if cfg.discard_mode:
         pruning.install_discard_hooks(model)
     if cfg.amp == "fp16" and device.type == "cuda":
         s.scaler = torch.amp.GradScaler("cuda")
-    s.net = wrap_parallel(cfg, ctx, model, device)
-    if cfg.compile:
-        s.net = torch.compile(s.net)
+    # torch.compile inside DDP: unwrap(s.net) is then the compiled module, which the
+    # training attacks run too (they are 7/8 of a PGD-7 step's passes).
+    s.net = wrap_parallel(cfg, ctx, compile_model(model) if cfg.compile else model, device)
+    for m in masked_layers(model):
+        m.clear_cache()  # DDP's start-up broadcast rewrites parameters in place
+    stopped = False
     with StopFlag() as stop:
-        while state.epoch < cfg.epochs:
-            if run_epoch(s, state, stop):
-                log.info("SIGTERM: checkpoint saved at epoch %d, exiting", state.epoch)
-                break
+        while state.epoch < cfg.epochs and not stopped:
+            stopped = run_epoch(s, state, stop)
+    if stopped and state.epoch < cfg.epochs:
+        log.info("SIGTERM: checkpoint saved at epoch %d batch %d; continue with --automatic_resume",
+                 state.epoch, state.batches_done)
+        run.close()
+        return dict(results_dict(cfg, run, state, state.epoch), interrupted=True)
     out = results_dict(cfg, run, state, state.epoch)
     run.write_json("results.json", out)
     log.info("done: %s", out)
@@ -222,16 +298,24 @@ def fit(cfg, ctx, run, device, data, model):
 
 
 def run_epoch(s, state, stop):
-    """Train, maybe validate, checkpoint. Returns True if interrupted by SIGTERM."""
+    """Train (from ``state.batches_done`` on), maybe validate, checkpoint.
+
+    Returns True if stopped by SIGTERM, after saving: mid-epoch, the checkpoint
+    records the batches done and their metric sums, and holds the RNG state as
+    it is after the last of them, so a resume continues bit-for-bit.
+    """
     cfg, ctx, epoch, start = s.cfg, s.ctx, state.epoch, time.time()
+    stop = agreed_stop(stop, ctx, s.device)
     if cfg.progressive_prune:
         set_model_prune_rate(s.model, pruning.progressive_k(cfg, epoch))
     lr = s.set_lr(epoch)
     loader = make_loader(s.data.train, cfg.batch_size, True, cfg, epoch=epoch, rank=ctx.rank,
-                         world_size=ctx.world_size, seed=cfg.seed or 0)
+                         world_size=ctx.world_size, seed=cfg.seed or 0, skip_batches=state.batches_done)
     train = TRAINERS.get(cfg.trainer)(s.net, loader, s.optimizer, s.criterion, cfg, s.device, epoch, ctx=ctx,
-                                      scaler=s.scaler, state=s.extra, should_stop=stop)
+                                      scaler=s.scaler, state=s.extra, should_stop=stop,
+                                      resume_from=state.mid_epoch())
     if train.pop("interrupted"):
+        state.batches_done, state.epoch_totals = train["batches_done"], train["totals"]
         state.train_seconds += time.time() - start
         save(s, state, best=False)
         return True
@@ -248,18 +332,31 @@ def run_epoch(s, state, stop):
         s.run.scalars(epoch, {"test/natural_acc1": natural["acc1"], "test/loss": natural["loss"],
                               "test/robust_acc1": robust["acc1"] if robust else None})
     s.run.scalars(epoch, {"train/loss": train["loss"], "train/acc1": train["acc1"], "lr": lr})
-    state.epoch = epoch + 1
+    state.end_epoch()
     state.train_seconds += time.time() - start
-    if last or is_best or state.epoch % max(1, cfg.save_every) == 0:
+    stopping = stop()  # SIGTERM during validation: save now, whatever --save_every says
+    every = cfg.save_every if cfg.save_every > 0 else 1
+    if last or is_best or stopping or state.epoch % every == 0:
         save(s, state, best=is_best)
-    return False
+    return stopping
+
+
+def agreed_stop(stop, ctx, device):
+    """SIGTERM can reach ranks at different batches: all stop once any has it (a tiny all-reduce)."""
+    if not ctx.enabled:
+        return stop
+    return lambda: all_reduce_sum(ctx, [float(stop())], device)[0] > 0
 
 
 def save(s, state, best):
-    """Atomically write model_latest (and model_best); rank 0 only."""
+    """Atomically write model_latest (and model_best); rank 0 writes, every rank must call."""
+    rngs = gather_rng_states(s.ctx)  # collective: each rank's stream, for a DDP resume
     if s.run.is_main:
-        ckpt = checkpoint_dict(s.cfg, s.model, s.optimizer, state, s.extra)
-        atomic_save(ckpt, s.run.ckpt("model_latest.pth"))
-        if best:
+        extra = dict(s.extra, world_size=s.ctx.world_size, rng_ranks=rngs) if s.ctx.enabled else s.extra
+        ckpt = checkpoint_dict(s.cfg, s.model, s.optimizer, state, extra)
+        if best:  # best first: a kill between the two leaves latest older, so the epoch re-runs
             atomic_save(ckpt, s.run.ckpt("model_best.pth"))
+        atomic_save(ckpt, s.run.ckpt("model_latest.pth"))
+        log.info("checkpoint saved: %d epochs done%s%s", state.epoch,
+                 f" + {state.batches_done} batches" if state.batches_done else "", " (best)" if best else "")
     barrier(s.ctx)

@@ -3,6 +3,8 @@ import torch
 
 from utils.errors import UserError
 
+OPTIMIZERS = ("adam", "sgd")
+
 
 def _groups(cfg, model):
     bn, hooked, rest = [], [], []
@@ -27,11 +29,15 @@ def build_optimizer(cfg, model):
     groups = _groups(cfg, model)
     if not groups:
         raise UserError("nothing to train: every parameter is frozen (check --task and --conv_type)")
+    check_optimizer(cfg.optimizer)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    raise UserError(f"unknown optimizer '{cfg.optimizer}'; valid: adam, sgd")
+    return torch.optim.Adam(groups, lr=cfg.lr)
+
+
+def check_optimizer(name):
+    if name not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
 
 
 def build_criterion(cfg):

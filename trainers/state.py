@@ -1,10 +1,22 @@
-"""What a checkpoint holds beyond the model, and the model selection rule."""
+"""What a checkpoint holds beyond the model, and the model selection rule.
+
+Position in training: ``epoch`` is the epoch to run next, and ``batches_done``
+how many of its batches are already trained (non-zero only in a checkpoint
+written on SIGTERM mid-epoch); ``epoch_totals`` are those batches' summed
+[examples, loss, top-1 correct, top-5 correct] so the epoch's metrics come out
+as if it had never stopped. The data order of any epoch is a function of
+(--seed, epoch), both stored, so a resumed loader skips exactly the done batches.
+"""
 from dataclasses import asdict, dataclass, field
+
+from utils.errors import UserError
 
 
 @dataclass
 class TrainState:
-    epoch: int = 0                      # next epoch to run
+    epoch: int = 0                      # next epoch to run (or the one in progress)
+    batches_done: int = 0               # batches of `epoch` already trained (SIGTERM checkpoint)
+    epoch_totals: list = None           # their summed [n, loss, correct@1, correct@5] over all ranks
     best_acc1: float = -1.0             # robust top-1 if an attack is set, else natural
     best_acc5: float = -1.0
     best_train_acc1: float = 0.0
@@ -33,10 +45,41 @@ class TrainState:
             return True
         return False
 
+    def mid_epoch(self):
+        """Where to continue the current epoch: None at an epoch boundary."""
+        if not self.batches_done:
+            return None
+        return {"batches": self.batches_done, "totals": self.epoch_totals}
+
+    def end_epoch(self):
+        self.epoch += 1
+        self.batches_done, self.epoch_totals = 0, None
+
     def as_dict(self):
         return asdict(self)
 
     @classmethod
-    def from_checkpoint(cls, ckpt):
+    def from_checkpoint(cls, ckpt, path="checkpoint"):
         names = cls.__dataclass_fields__
-        return cls(**{k: ckpt[k] for k in names if k in ckpt})
+        state = cls(**{k: ckpt[k] for k in names if k in ckpt})
+        if not isinstance(state.epoch, int) or state.epoch < 0 or not isinstance(state.batches_done, int) \
+                or state.batches_done < 0:
+            raise UserError(f"'{path}': epoch/batches_done must be non-negative integers, got "
+                            f"{state.epoch!r}/{state.batches_done!r}; the file is damaged")
+        if state.batches_done and (not isinstance(state.epoch_totals, list) or len(state.epoch_totals) != 4):
+            raise UserError(f"'{path}': a mid-epoch checkpoint without its epoch_totals; the file is damaged")
+        return state
+
+
+DATA_ORDER_KEYS = ("seed", "batch_size", "low_data", "one_batch", "set")  # what fixes an epoch's batches
+
+
+def same_data_order(ckpt, cfg, world_size):
+    """True if ``cfg`` (and the process count) give the batches the checkpoint's run had.
+
+    Only then can a mid-epoch checkpoint skip its done batches; otherwise the
+    epoch has to restart from its first batch.
+    """
+    saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    same_config = all(saved.get(k) == getattr(cfg, k, None) for k in DATA_ORDER_KEYS)
+    return same_config and ckpt.get("world_size", 1) == world_size

@@ -10,7 +10,7 @@ import math
 import torch
 from tqdm import tqdm
 
-from trainers.evaluate import autocast
+from trainers.evaluate import autocast, to_input
 from trainers.metrics import Meter
 from utils.attacks import fgsm, fgsm_rs, free_update, pgd, project
 from utils.distributed import DistContext, all_reduce_sum
@@ -61,19 +61,26 @@ def _check_finite(loss, epoch, batch):
 
 @TRAINERS.register("default")
 def train_epoch(model, loader, optimizer, criterion, cfg, device, epoch, ctx=DistContext(),
-                scaler=None, state=None, progress=True, should_stop=None):
+                scaler=None, state=None, progress=True, should_stop=None, resume_from=None):
     """Train one epoch; returns the epoch's mean loss and accuracies (percent).
 
     ``state`` is a dict carried across epochs (the free attack's perturbation).
     ``should_stop()`` is polled after every batch (SIGTERM); the epoch ends early
-    and ``interrupted`` is set in the result.
+    and ``interrupted`` is set in the result. ``batches_done`` (batches of this
+    epoch trained so far) and ``totals`` (summed loss/correct counts over all
+    ranks) let a checkpoint continue the epoch: ``resume_from`` takes them back
+    when the loader already skips those batches, so batch numbers and metrics
+    carry on (on one process the sums are bit-exact; on several, rank 0 carries them).
     """
     model.train()
     attack = make_train_attack(cfg)
-    meter = Meter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not (progress and ctx.is_main))
-    for i, (x, y) in enumerate(bar):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    done = int(resume_from["batches"]) if resume_from else 0
+    meter = Meter.from_totals(resume_from["totals"]) if resume_from and ctx.is_main else Meter()
+    stopped = False
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not (progress and ctx.is_main),
+               initial=done, total=done + len(loader))
+    for i, (x, y) in enumerate(bar, start=done):
+        x, y = to_input(x, device, getattr(cfg, "channels_last", False)), y.to(device, non_blocking=True)
         if cfg.attack_type == "free":
             logits, loss = _free_batch(model, x, y, optimizer, criterion, cfg, device, scaler, state)
             _check_finite(loss, epoch, i)
@@ -86,10 +93,13 @@ def train_epoch(model, loader, optimizer, criterion, cfg, device, epoch, ctx=Dis
             _check_finite(loss, epoch, i)
             _backward_step(loss, optimizer, scaler)
         meter.update(logits.detach(), y, loss.detach())
+        done = i + 1
         if should_stop is not None and should_stop():
+            stopped = True
             break
-    summary = Meter.from_totals(all_reduce_sum(ctx, meter.totals(), device)).summary()
-    summary["interrupted"] = bool(should_stop is not None and should_stop())
+    totals = all_reduce_sum(ctx, meter.totals(), device)
+    summary = Meter.from_totals(totals).summary()
+    summary.update(interrupted=stopped, batches_done=done, totals=totals)
     return summary
 
 

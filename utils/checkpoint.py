@@ -7,51 +7,101 @@
 * State dicts saved from ``DataParallel``/DDP (keys prefixed ``module.``) load into
   the bare model; our own checkpoints use the bare key names.
 """
+import contextlib
 import logging
 import os
 import pickle
+import re
 import tempfile
-import zipfile
+import warnings
 
 import torch
 
 from utils.errors import UserError
 
 log = logging.getLogger("rst")
+TMP_PREFIX = ".tmp-"  # temporary files of atomic_save; glob('*.pth') does not match them
+UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+UNSUPPORTED_OP = re.compile(r"Unsupported operand \d+")
 
 
 def atomic_save(obj, path):
     """torch.save to ``path`` via a same-folder temporary file and a rename."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".pth", dir=folder)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; checkpoints are meant to be shared
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_folder(folder)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint safely (weights only); user-facing errors are one line."""
-    if not path or not os.path.isfile(path):
-        raise UserError(f"checkpoint '{path}' not found")
+def _fsync_folder(folder):
+    """Make the rename itself durable (power loss); not possible on every OS."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder):
+    """Delete temporary files left by a save that was killed (kill -9) mid-write."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if name.startswith(TMP_PREFIX) and name.endswith(".pth"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+
+
+def _first_line(exc, limit=120):
+    """First sentence of an exception message (torch's run to several lines of advice)."""
+    text = str(exc).strip().splitlines()
+    return (text[0].split(". ")[0] if text else type(exc).__name__)[:limit]
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint safely (weights only); every failure is a one-line UserError.
+
+    A pickle that references anything outside torch's weights-only allowlist (a
+    class, a function such as ``os.system``) is refused before any of it runs.
+    """
+    if not path or not os.path.exists(path):
+        raise UserError(f"checkpoint '{path}' not found; check the path")
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint '{path}' is not a file; pass the .pth file itself")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe pickle"
-        if "Weights only load failed" in str(exc) or "Unsupported" in str(exc) or "global" in str(exc):
-            raise UserError(f"checkpoint '{path}' needs arbitrary code to load and was refused "
-                            "(only weights-only checkpoints are accepted)") from None
-        raise UserError(f"checkpoint '{path}' is corrupt or truncated ({first})") from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint '{path}' is corrupt or truncated ({first[:120]})") from None
+        unsafe = UNSAFE_GLOBAL.search(str(exc))
+        if unsafe:
+            raise UserError(f"checkpoint '{path}' was refused: loading it would run code "
+                            f"({unsafe.group(1)}); only weights-only checkpoints are accepted, so re-save "
+                            "it with torch.save of plain tensors/dicts from code you trust") from None
+        detail = UNSUPPORTED_OP.search(str(exc))
+        raise UserError(f"checkpoint '{path}' is corrupt, truncated or not a weights-only PyTorch file "
+                        f"({detail.group(0) if detail else 'unreadable pickle'}); use another copy") from None
+    except MemoryError:
+        raise UserError(f"checkpoint '{path}' is too large to load into memory") from None
+    except Exception as exc:  # EOFError, zip/stream errors, KeyError on text files, OSError...
+        raise UserError(f"checkpoint '{path}' is corrupt or truncated ({type(exc).__name__}: "
+                        f"{_first_line(exc)}); use another copy") from None
 
 
 def extract_state_dict(ckpt, path="checkpoint"):
@@ -89,4 +139,5 @@ def load_model_state(model, state, strict=True, path="checkpoint"):
 def check_arch(ckpt, arch, path):
     saved = ckpt.get("arch") if isinstance(ckpt, dict) else None
     if saved is not None and saved != arch:
-        raise UserError(f"'{path}' was saved from arch '{saved}' but --arch is '{arch}'")
+        raise UserError(f"'{path}' was saved from arch '{saved}' but --arch is '{arch}'; "
+                        f"pass --arch {saved} or a checkpoint of {arch}")

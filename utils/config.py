@@ -75,9 +75,13 @@ def _add_optim(p):
     p.add_argument("--lr_policy", default="cifar_piecewise", help="learning-rate schedule (see registry)")
     p.add_argument("--multistep_lr_adjust", type=int, default=30, help="epochs between decays (imagenet policies)")
     p.add_argument("--multistep_lr_gamma", type=float, default=0.1, help="decay factor (imagenet policies)")
-    p.add_argument("--multistep", type=int, nargs="+", default=[80, 120], help="multistep_lr milestones (epochs)")
+    p.add_argument("--multistep", type=int, nargs="*", default=None,
+                   help="multistep_lr milestones in epochs: x0.1 at the first, x0.01 at the second")
     p.add_argument("--val_every", type=int, default=3, help="validate every N epochs (and at the last)")
-    p.add_argument("--save_every", type=int, default=-1, help="also keep a checkpoint every N epochs")
+    p.add_argument("--save_every", type=int, default=-1,
+                   help="write checkpoints/model_latest.pth every N epochs (N <= 0, the default -1: every "
+                        "epoch), and always after the last epoch, a new best and on SIGTERM; a kill -9 "
+                        "loses at most N epochs (--automatic_resume continues from that file)")
 
 
 def _add_model(p):
@@ -113,13 +117,18 @@ def _add_attack(p):
     p.add_argument("--n_eval", type=int, default=None, help="limit the number of test examples evaluated")
     p.add_argument("--eot_samples", type=int, default=10, help="R2S EOT-PGD: switch draws per step")
     p.add_argument("--eval_passes", type=int, default=3, help="R2S: evaluation passes (mean and spread)")
+    p.add_argument("--eot_steps", type=int, default=20, help="R2S EOT-PGD: attack steps (step 2/255)")
+    p.add_argument("--aa_steps", type=int, default=100,
+                   help="AutoAttack: APGD/APGD-T/FAB iterations (reference AutoAttack 100; torchattacks' default 10)")
 
 
 def _add_tasks(p):
     p.add_argument("--pretrained", default=None, help="checkpoint to start from / evaluate")
     p.add_argument("--pretrained2", default=None, help="second checkpoint (scores from it)")
     p.add_argument("--resume", default="", help="checkpoint to resume training from")
-    p.add_argument("--automatic_resume", action="store_true", help="resume from checkpoints/model_latest.pth")
+    p.add_argument("--automatic_resume", action="store_true",
+                   help="resume from this run's checkpoints/model_latest.pth if it exists (else start); "
+                        "on CPU with a fixed --seed the result equals an uninterrupted run's")
     p.add_argument("-e", "--evaluate", action="store_true", help="evaluate --pretrained and exit")
     p.add_argument("--not_strict", action="store_true", help="load checkpoints skipping mismatched keys")
     p.add_argument("--ft_init", default="kaiming_normal", help="ft_reinit: weight init")
@@ -130,7 +139,7 @@ def _add_tasks(p):
     p.add_argument("--discard_epoch", type=int, default=10, help="discard interval (epochs)")
     p.add_argument("--discard_rate", type=float, default=0.1, help="fraction discarded per interval")
     p.add_argument("--progressive_prune", action="store_true", help="start at k=0.9 and lower k over time")
-    p.add_argument("--once_for_all_list", type=float, nargs="+", default=None, help="kept fractions to share")
+    p.add_argument("--once_for_all_list", type=float, nargs="*", default=None, help="kept fractions to share")
     p.add_argument("--all_sources", action="store_true", help="test_trans: full source x target matrix")
     p.add_argument("--r2s", action="store_true", help="test_trans: build and evaluate an R2S model")
     p.add_argument("--amp", default="none", choices=AMP_MODES, help="mixed precision on GPU")
