@@ -21,7 +21,7 @@ CONFIG = os.path.join(ROOT, "config_rst", "demo-digits.yaml")
 
 def row(label, res, seconds):
     k = f"{res['prune_rate']:g}"
-    return f"{label:<34} {k:>5} {res['natural_acc1']:>9.2f} {res['robust_acc1']:>9.2f} {seconds:>8.0f}s"
+    return f"{label:<42} {k:>5} {res['natural_acc1']:>9.2f} {res['robust_acc1']:>9.2f} {seconds:>8.0f}s"
 
 
 def demo(argv):
@@ -31,7 +31,7 @@ def demo(argv):
     mid = time.time()
     dense = dense_entry.main(argv)
     end = time.time()
-    lines = [f"{'':<34} {'k':>5} {'natural':>9} {'PGD-20':>9} {'time':>9}",
+    lines = [f"{'':<42} {'k':>5} {'natural':>9} {'PGD-20':>9} {'time':>9}",
              row("RST (scores searched, no weight training)", ticket, mid - start),
              row("dense adversarial training", dense, end - mid)]
     sys.stdout.write("\n".join(lines) + "\n")
