@@ -27,9 +27,10 @@ def run_cli(script, *args, timeout=300):
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def train_natural(model, x, y, steps=30, lr=0.05):
-    """A few full-batch SGD steps on trainable params (makes a model worth attacking)."""
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+def train_natural(model, x, y, steps=30, lr=0.05, adam=False):
+    """A few full-batch SGD (or Adam) steps on trainable params (makes a model worth attacking)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr) if adam else torch.optim.SGD(params, lr=lr, momentum=0.9)
     model.train()
     for _ in range(steps):
         opt.zero_grad()

@@ -21,6 +21,7 @@ from trainers.transfer import load_tickets
 from utils.config import parse_config
 from utils.errors import UserError
 from utils.run_dir import config_dict
+from tests.helpers import train_natural
 
 KS = (0.1, 0.3, 0.5)
 FLAGS = ["--set", "Digits", "--arch", "cResNet18", "--width-mult", "0.125", "--init", "signed_constant"]
@@ -71,14 +72,7 @@ def trained_network(x, y, steps=20):
     """A tiny cResNet18 (k = 1) whose weights are trained naturally (Adam): worth attacking."""
     cfg, model = random_network(1.0)
     set_trainable(model, weights=True, scores=False)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    model.train()
-    for _ in range(steps):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    return model.eval().requires_grad_(False)
+    return train_natural(model, x, y, steps=steps, lr=0.01, adam=True).requires_grad_(False)
 
 
 def ticket_of(network, k, x, seed=0):
