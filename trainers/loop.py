@@ -112,8 +112,7 @@ def results_dict(cfg, run, state, epochs_done):
 
 
 def evaluate_only(cfg, ctx, run, device, data, model):
-    if not cfg.pretrained:
-        raise UserError("--evaluate needs --pretrained CHECKPOINT")
+    """--evaluate (``check_names`` has already required --pretrained)."""
     natural, robust = validate(cfg, ctx, device, data, model, progress=True)
     state = TrainState(natural_acc1=natural["acc1"], robust_acc1=robust["acc1"] if robust else None)
     out = results_dict(cfg, run, state, 0)
@@ -285,14 +284,14 @@ def fit(cfg, ctx, run, device, data, model, resume=None):
     with StopFlag() as stop:
         while state.epoch < cfg.epochs and not stopped:
             stopped = run_epoch(s, state, stop)
+    out = results_dict(cfg, run, state, state.epoch)
     if stopped and state.epoch < cfg.epochs:
         log.info("SIGTERM: checkpoint saved at epoch %d batch %d; continue with --automatic_resume",
                  state.epoch, state.batches_done)
-        run.close()
-        return dict(results_dict(cfg, run, state, state.epoch), interrupted=True)
-    out = results_dict(cfg, run, state, state.epoch)
-    run.write_json("results.json", out)
-    log.info("done: %s", out)
+        out["interrupted"] = True
+    else:
+        run.write_json("results.json", out)
+        log.info("done: %s", out)
     run.close()
     return out
 
