@@ -65,7 +65,7 @@ from models.conv_type import SubnetConv  # noqa: E402
 from trainers.evaluate import autocast  # noqa: E402
 from trainers.loop import compile_model  # noqa: E402
 from trainers.tasks import set_trainable  # noqa: E402
-from utils.attacks import pgd, project, random_start  # noqa: E402
+from attacks.pgd import pgd, project, random_start  # noqa: E402
 from utils.config import parse_config  # noqa: E402
 
 KINDS = ("search", "dense", "naive")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trainers.train import make_train_attack
-from utils.attacks import ATTACKS, fgsm, fgsm_rs, pgd, pgd20
+from attacks.pgd import ATTACKS, fgsm, fgsm_rs, pgd, pgd20
 from tests.helpers import tiny_cfg, tiny_model, train_natural
 
 EPS = 8 / 255

@@ -9,8 +9,8 @@ import main as main_entry
 import test_trans
 from tests.test_r2s import FLAGS, digits, save_ticket, shared_network, ticket_of
 from trainers.evaluate import EVAL_ATTACKS
-from utils.attacks import pgd20
-from utils.autoattack import autoattack
+from attacks.pgd import pgd20
+from attacks.autoattack import autoattack
 from utils.config import parse_config
 
 EPS = 1 / 255

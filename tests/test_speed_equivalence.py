@@ -11,7 +11,7 @@ from models.conv_type import (MaskedConv, SubnetConv, SubnetConv_filter, SubnetC
                               SubnetConv_row, topk_mask)
 from tests.helpers import tiny_model
 from trainers.tasks import set_trainable
-from utils.attacks import pgd, project, random_start
+from attacks.pgd import pgd, project, random_start
 
 EPS, STEP, ITERS = 8 / 255, 2 / 255, 7
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from trainers.metrics import Meter
-from utils.attacks import pgd20
+from attacks.pgd import pgd20
 from utils.distributed import DistContext, all_reduce_sum
 from utils.registry import Registry
 
@@ -26,8 +26,8 @@ def pgd20_attack(cfg):
 
 @EVAL_ATTACKS.register("autoattack")
 def autoattack_attack(cfg):
-    """AutoAttack, standard version (torchattacks; imported only when used, see utils.autoattack)."""
-    from utils.autoattack import autoattack_from_config
+    """AutoAttack, standard version (torchattacks; imported only when used, see attacks.autoattack)."""
+    from attacks.autoattack import autoattack_from_config
     return autoattack_from_config(cfg)
 
 

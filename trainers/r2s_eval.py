@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from models.r2s import STRUCTURE_KEYS, R2S, build_r2s
-from utils.attacks import input_grad_only, pgd20, random_start, sign_step
+from attacks.pgd import input_grad_only, pgd20, random_start, sign_step
 
 log = logging.getLogger("rst")
 EOT_STEP = 2 / 255  # [0, 1] units, as PGD-20

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from trainers.evaluate import autocast, to_input
 from trainers.metrics import Meter
-from utils.attacks import fgsm, fgsm_rs, free_update, pgd, project
+from attacks.pgd import fgsm, fgsm_rs, free_update, pgd, project
 from utils.distributed import DistContext, all_reduce_sum
 from utils.errors import UserError
 from utils.registry import Registry

@@ -16,7 +16,7 @@ The factory registered as ``--eval_attack autoattack`` lives in
 """
 import torch
 
-from utils.attacks import input_grad_only, project
+from attacks.pgd import input_grad_only, project
 
 
 def build_autoattack(model, epsilon, n_classes, seed=0, steps=100, n_queries=5000):
