@@ -132,3 +132,35 @@ def pgd20(model, x, y, epsilon, step=2 / 255, iters=20, restarts=1, eot_samples=
 def free_update(x, delta, grad, epsilon):
     """Free adversarial training: delta += eps * sign(grad), projected."""
     return sign_step(x, delta, grad, epsilon, epsilon).detach()
+
+
+def _per_example_loss(logits, y):
+    return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+@ATTACKS.register("pgd-transfer")
+def pgd_transfer(model, x, y, epsilon, step=2 / 255, iters=20):
+    """Transfer examples from a source model: PGD without early stop.
+
+    Every example moves for all ``iters`` steps (an early stop just past the
+    source's boundary makes examples that transfer poorly); per example the
+    iterate with the highest source loss (start and final iterate included) is kept.
+    """
+    delta = random_start(x, epsilon)
+    best_delta, best_loss = delta, None
+    for _ in range(iters):
+        grad, logits = input_gradient(model, x, delta, y)
+        best_delta, best_loss = _keep_higher(delta, _per_example_loss(logits, y), best_delta, best_loss)
+        delta = sign_step(x, delta, grad, step, epsilon)
+    with torch.no_grad():
+        loss = _per_example_loss(model(x + delta), y)
+    best_delta, _ = _keep_higher(delta, loss, best_delta, best_loss)
+    return (x + best_delta).detach()
+
+
+def _keep_higher(delta, loss, best_delta, best_loss):
+    """Per example, the perturbation with the higher loss (ties keep the later one)."""
+    if best_loss is None:
+        return delta, loss
+    better = (loss >= best_loss).view(-1, *[1] * (delta.dim() - 1))
+    return torch.where(better, delta, best_delta), torch.max(loss, best_loss)
