@@ -13,13 +13,21 @@ from utils.config import check_prune_rate
 def build_model(cfg, num_classes, in_channels=3, image_size=32, mean=None, std=None, prune_rate=None):
     """Build ``cfg.arch`` for a dataset; ``prune_rate`` overrides cfg.prune_rate (k, fraction kept)."""
     k = cfg.prune_rate if prune_rate is None else prune_rate
-    builder = builder_from_config(cfg, prune_rate=k if _uses_masks(cfg) else 1.0)
     if _uses_masks(cfg):
         check_prune_rate(k)
+    # the original scales --scale-fan by its args.prune_rate even when no layer is masked
+    builder = builder_from_config(cfg, prune_rate=k if _uses_masks(cfg) else 1.0, init_prune_rate=k)
     model = MODELS.get(cfg.arch)(builder, num_classes=num_classes, in_channels=in_channels,
-                                 image_size=image_size, width_mult=cfg.width_mult)
+                                 image_size=image_size, width_mult=cfg.width_mult, **arch_options(cfg))
     model.set_normalization(mean, std)
     return model
+
+
+def arch_options(cfg):
+    """Architecture-specific flags: only MobileNetV2 has one (--mbv2-stride-fix)."""
+    if cfg.arch == "MobileNetV2":
+        return {"stride_fix": bool(getattr(cfg, "mbv2_stride_fix", False))}
+    return {}
 
 
 def _uses_masks(cfg):

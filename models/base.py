@@ -37,5 +37,6 @@ class ClassifierBase(nn.Module):
 
 
 def scaled(channels, width_mult):
-    """Width of a layer scaled by --width-mult (at least 1 channel)."""
-    return max(1, int(round(channels * width_mult)))
+    """Width of a layer scaled by --width-mult: int() truncates, as the original's
+    Conv4Wide/Conv6Wide do; at least 1 channel (the original makes a 0-wide layer)."""
+    return max(1, int(channels * width_mult))

@@ -186,9 +186,44 @@ class SubnetConv(MaskedConv):
     """One score per weight; element-wise top-k of |score|."""
 
 
+class _GranularScores(MaskedConv):
+    """Base of the filter/kernel/row layers: one score per group of weights.
+
+    In memory the scores have the weight's rank with 1s where they broadcast
+    (e.g. ``(out, 1, 1, 1)``), so ``weight * mask`` broadcasts. In state dicts
+    they have the original's shapes, ``stored_score_shape()`` (e.g. ``(out,)``),
+    so checkpoints move both ways between the original code and ours; loading
+    accepts either shape.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_state_dict_post_hook(_store_scores_flat)
+        self.register_load_state_dict_pre_hook(_load_scores_any_shape)
+
+    def stored_score_shape(self):
+        return tuple(self.score_shape()[:self.STORED_DIMS])
+
+
+def _store_scores_flat(module, state_dict, prefix, local_metadata):
+    key = prefix + "scores"
+    if key in state_dict:
+        state_dict[key] = state_dict[key].view(module.stored_score_shape())
+
+
+def _load_scores_any_shape(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    """The original's ``(out,)``-style scores (or ours) reshaped to the parameter's shape."""
+    key = prefix + "scores"
+    value = state_dict.get(key)
+    if isinstance(value, torch.Tensor) and tuple(value.shape) in (module.stored_score_shape(),
+                                                                  tuple(module.scores.shape)):
+        state_dict[key] = value.reshape(module.scores.shape)
+
+
 @CONV_TYPES.register()
-class SubnetConv_filter(MaskedConv):
-    """One score per output filter, broadcast over (in, kh, kw)."""
+class SubnetConv_filter(_GranularScores):
+    """One score per output filter, broadcast over (in, kh, kw); stored as (out,)."""
+    STORED_DIMS = 1
 
     def score_shape(self):
         return (self.out_channels, 1, 1, 1)
@@ -198,16 +233,18 @@ class SubnetConv_filter(MaskedConv):
 
 
 @CONV_TYPES.register()
-class SubnetConv_kernel(MaskedConv):
-    """One score per (out, in) kernel, broadcast over (kh, kw)."""
+class SubnetConv_kernel(_GranularScores):
+    """One score per (out, in) kernel, broadcast over (kh, kw); stored as (out, in)."""
+    STORED_DIMS = 2
 
     def score_shape(self):
         return (self.out_channels, self.in_channels // self.groups, 1, 1)
 
 
 @CONV_TYPES.register()
-class SubnetConv_row(MaskedConv):
-    """One score per kernel row, broadcast over kw."""
+class SubnetConv_row(_GranularScores):
+    """One score per kernel row, broadcast over kw; stored as (out, in, kh)."""
+    STORED_DIMS = 3
 
     def score_shape(self):
         return (self.out_channels, self.in_channels // self.groups, self.kernel_size[0], 1)
@@ -215,16 +252,58 @@ class SubnetConv_row(MaskedConv):
 
 @CONV_TYPES.register()
 class FixedSubnetConv(MaskedConv):
-    """The mask is fixed by the loaded scores; scores never train."""
+    """The original's fixed subnet: the convolution uses ``weight * scores``.
+
+    Until a checkpoint is loaded the scores are their random init (kaiming
+    uniform, trainable), so the layer convolves with ``weight * score``, not a
+    mask. Every ``load_state_dict`` ends with :meth:`set_subnet`, which the
+    original runs after loading ``--pretrained``: the scores become a frozen
+    0/1 mask that zeroes the ``int(k * n)`` smallest ``|score|``, i.e. here k is
+    the fraction DROPPED, the reverse of every other layer. Applying it again
+    keeps the same mask, so loading a checkpoint of it (resume) changes nothing.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.register_load_state_dict_post_hook(_set_subnet_after_load)
+
+    def compute_mask(self):
+        return (self.scores.detach() != 0).to(self.scores.dtype)
+
+    def masked_weight(self):
+        return self.weight * self.scores
+
+    def set_subnet(self):
+        with torch.no_grad():
+            flat = self.scores.detach().abs().flatten()
+            drop = int(self.prune_rate * flat.numel())
+            keep = torch.ones_like(flat)
+            keep[torch.argsort(flat, stable=True)[:drop]] = 0
+            self.scores.copy_(keep.view_as(self.scores))
         self.scores.requires_grad_(False)
+
+
+def _set_subnet_after_load(module, incompatible_keys):
+    module.set_subnet()
 
 
 @CONV_TYPES.register()
 class SampleSubnetConv(MaskedConv):
-    """Mask sampled each forward as Bernoulli(sigmoid(score)); straight-through gradient."""
+    """Mask sampled each forward as Bernoulli(sigmoid(score)); straight-through gradient.
+
+    ``score_init_constant`` (--score-init-constant) sets every score instead of
+    the random init, as the original does (no random numbers are drawn then).
+    """
+
+    def __init__(self, *args, score_init_constant=None, **kwargs):
+        self.score_init_constant = score_init_constant
+        super().__init__(*args, **kwargs)
+
+    def init_scores(self):
+        if self.score_init_constant is None:
+            super().init_scores()
+        else:
+            nn.init.constant_(self.scores, self.score_init_constant)
 
     def masked_weight(self):
         p = torch.sigmoid(self.scores)

@@ -39,7 +39,8 @@ FORMAT = "rst-r2s"
 VERSION = 1
 # Structure flags needed to rebuild the architecture (see models.builder).
 STRUCTURE_KEYS = ("arch", "width_mult", "conv_type", "bn_type", "first_layer_type", "first_layer_dense",
-                  "last_layer_dense", "num_classes", "init", "mode", "nonlinearity", "scale_fan")
+                  "last_layer_dense", "num_classes", "init", "mode", "nonlinearity", "scale_fan",
+                  "scale_fan_kept", "mbv2_stride_fix")
 
 
 def is_bn(module):

@@ -5,6 +5,9 @@ Module names follow torchvision and the original code (``conv1``, ``bn1``,
 ``layerN.M.convK``, ``layerN.0.downsample.{0,1}``, ``fc``) so that checkpoints
 written by the original implementation load key for key.
 
+``--first-layer-dense`` makes the stem a plain convolution with torch's default
+init (``--init`` and ``--scale-fan`` do not touch it), as in the original.
+
 The pool before the classifier is adaptive, so small inputs (32x32 gives a
 1x1 map after layer4) run unchanged; padding keeps every stage at least 1x1.
 """
@@ -66,7 +69,10 @@ class ImageNetResNet(ClassifierBase):
         super().__init__(in_channels)
         widths = [scaled(c, width_mult) for c in (64, 128, 256, 512)]
         self.inplanes = widths[0]
-        self.conv1 = builder.conv7x7(in_channels, widths[0], stride=2, first_layer=True)
+        if builder.first_layer_dense:  # the original: a plain nn.Conv2d, torch's default init
+            self.conv1 = builder.plain_conv(7, in_channels, widths[0], stride=2)
+        else:
+            self.conv1 = builder.conv7x7(in_channels, widths[0], stride=2, first_layer=True)
         self.bn1 = builder.batchnorm(widths[0])
         self.relu = builder.activation()
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)

@@ -155,10 +155,26 @@ def test_sample_subnet_score_init_constant():
     assert torch.all(layer.scores == 0.7)
 
 
-def test_fixed_subnet_conv_scores_frozen():
+def test_fixed_subnet_conv_follows_the_original():
+    """Before a load: conv with weight * raw scores (trainable). After any load: the
+    scores are a frozen 0/1 mask zeroing the int(k*n) smallest |score|; a reload keeps it."""
+    torch.manual_seed(9)
     layer = make_layer(FixedSubnetConv, k=0.4)
+    x = torch.randn(2, 8, 5, 5)
+    assert layer.scores.requires_grad
+    torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight * layer.scores, padding=1))
+    raw = layer.scores.detach().abs().flatten().clone()
+    layer.load_state_dict(layer.state_dict())
+    n, dropped = raw.numel(), int(0.4 * raw.numel())
+    scores = layer.scores.detach().flatten()
     assert not layer.scores.requires_grad
-    assert int(layer.mask().sum()) == expected_kept(layer.scores.numel(), 0.4)
+    assert set(scores.unique().tolist()) == {0.0, 1.0} and int((scores == 0).sum()) == dropped
+    assert raw[scores == 1].min() >= raw[scores == 0].max()  # the smallest |score| are zeroed
+    assert layer.kept_fraction() == pytest.approx((n - dropped) / n)
+    torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight * layer.scores, padding=1))
+    before = layer.scores.clone()
+    layer.load_state_dict(layer.state_dict())
+    assert torch.equal(layer.scores, before)
 
 
 @pytest.mark.parametrize("name", list(INITS))
@@ -178,13 +194,30 @@ def test_signed_constant_magnitude():
     assert (w > 0).any() and (w < 0).any()
 
 
-def test_scale_fan_uses_kept_fraction():
+@pytest.mark.parametrize("name, scaled", [("signed_constant", True), ("unsigned_constant", True),
+                                           ("kaiming_normal", True), ("kaiming_uniform", False)])
+def test_scale_fan_is_the_originals_fan_times_one_minus_k(name, scaled):
+    """--scale-fan: fan * (1 - k) in the inits the original scales; its kaiming_uniform ignores it."""
+    k, fan = 0.25, 8 * 9
+    plain, scaled_w = torch.empty(16, 8, 3, 3), torch.empty(16, 8, 3, 3)
     torch.manual_seed(8)
-    k = 0.25
-    w = torch.empty(16, 8, 3, 3).normal_()
-    init_weight("signed_constant", w, InitSpec("fan_in", "relu", scale_fan=True, prune_rate=k))
-    expected = math.sqrt(2.0) / math.sqrt(8 * 9 * k)
-    torch.testing.assert_close(w.abs(), torch.full_like(w, expected))
+    init_weight(name, plain.normal_(), InitSpec("fan_in", "relu"))
+    torch.manual_seed(8)
+    init_weight(name, scaled_w.normal_(), InitSpec("fan_in", "relu", scale_fan=True, prune_rate=k))
+    ratio = math.sqrt(fan / (fan * (1 - k))) if scaled else 1.0
+    torch.testing.assert_close(scaled_w, plain * ratio)
+
+
+@pytest.mark.parametrize("name", ["signed_constant", "kaiming_uniform"])
+def test_scale_fan_kept_is_fan_times_k(name):
+    """--scale-fan-kept (opt-in correction): fan * k, kaiming_uniform included."""
+    k, fan = 0.25, 8 * 9
+    plain, scaled_w = torch.empty(16, 8, 3, 3), torch.empty(16, 8, 3, 3)
+    torch.manual_seed(8)
+    init_weight(name, plain.normal_(), InitSpec("fan_in", "relu"))
+    torch.manual_seed(8)
+    init_weight(name, scaled_w.normal_(), InitSpec("fan_in", "relu", prune_rate=k, scale_fan_kept=True))
+    torch.testing.assert_close(scaled_w, plain * math.sqrt(fan / (fan * k)))
 
 
 def test_builder_applies_init_and_prune_rate():

@@ -1,4 +1,6 @@
 """Every registered architecture builds, runs forward/backward and keeps k per layer."""
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -21,6 +23,11 @@ def build(arch, conv_type="SubnetConv", k=K, width=WIDTH, extra=(), **data):
     return models.build_model(cfg, **data)
 
 
+def n_logits(arch, num_classes, image_size):
+    """MobileNetV2 computes as the original: no downsampling, a 4x4 pool, every pixel's logits."""
+    return num_classes * (image_size // 4) ** 2 if arch == "MobileNetV2" else num_classes
+
+
 def convs_in_order(model):
     return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
 
@@ -39,7 +46,7 @@ def test_forward_backward(arch, conv_type):
     model = build(arch, conv_type)
     x = torch.rand(2, 3, 32, 32)
     logits = model(x)
-    assert logits.shape == (2, 10)
+    assert logits.shape == (2, n_logits(arch, 10, 32))
     assert torch.isfinite(logits).all()
     logits.sum().backward()
 
@@ -71,7 +78,7 @@ def test_first_and_last_layer_flags(arch):
 def test_other_image_sizes(arch, in_channels, image_size):
     model = build(arch, num_classes=7, in_channels=in_channels, image_size=image_size)
     out = model(torch.rand(2, in_channels, image_size, image_size))
-    assert out.shape == (2, 7)
+    assert out.shape == (2, n_logits(arch, 7, image_size))
 
 
 def test_width_mult_scales_widths():
@@ -107,3 +114,82 @@ def test_non_positive_prune_rate_rejected(k):
 def test_dense_model_ignores_prune_rate():
     model = build("Conv2", "DenseConv", k=0.0)
     assert not any(isinstance(m, MaskedConv) for m in model.modules())
+
+
+def test_first_layer_dense_imagenet_resnet_is_a_torch_default_conv():
+    """The original's ImageNet stem under --first-layer-dense: nn.Conv2d, torch's init (no --init)."""
+    torch.manual_seed(3)
+    model = build("ResNet18", extra=("--first-layer-dense", "--init", "signed_constant", "--scale-fan"))
+    torch.manual_seed(3)
+    plain = nn.Conv2d(3, model.conv1.out_channels, 7, stride=2, padding=3, bias=False)
+    assert type(model.conv1) is DenseConv and model.conv1.bias is None
+    assert torch.equal(model.conv1.weight, plain.weight)
+
+
+@pytest.mark.parametrize("flag, fan_factor", [("--scale-fan", 1 - K), ("--scale-fan-kept", 1.0)])
+def test_scale_fan_and_dense_layers(flag, fan_factor):
+    """--scale-fan scales dense layers too (original, fan*(1-k)); --scale-fan-kept leaves them
+    unscaled and scales masked ones by k."""
+    model = build("cResNet18", extra=("--first-layer-dense", "--init", "signed_constant", flag))
+    dense_std = math.sqrt(2.0) / math.sqrt(3 * 9 * fan_factor)
+    torch.testing.assert_close(model.conv1.weight.abs(), torch.full_like(model.conv1.weight, dense_std))
+    masked_factor = 1 - K if flag == "--scale-fan" else K
+    w = model.layer1[0].conv1.weight
+    expected = math.sqrt(2.0) / math.sqrt(w.shape[1] * 9 * masked_factor)
+    torch.testing.assert_close(w.abs(), torch.full_like(w, expected))
+
+
+def test_scale_fan_at_k_one_is_a_user_error():
+    """fan * (1 - 1) = 0: the original divides by zero; we say why."""
+    with pytest.raises(UserError, match="scale-fan-kept"):
+        build("Conv2", k=1.0, extra=("--init", "signed_constant", "--scale-fan"))
+
+
+def test_width_mult_truncates_like_the_original():
+    """int(256 * 0.3) = 76 (round() would give 77), as the original's Conv4Wide."""
+    model = build("Conv4Wide", width=0.3)
+    assert [m.out_channels for m in model.linear if isinstance(m, nn.Conv2d)] == [76, 76, 10]
+    assert model.convs[0].out_channels == 19 and model.convs[5].out_channels == 38
+
+
+def test_mbv2_stride_fix_downsamples_with_the_same_parameters():
+    torch.manual_seed(4)
+    original = build("MobileNetV2", width=0.25)
+    torch.manual_seed(4)
+    fixed = build("MobileNetV2", width=0.25, extra=("--mbv2-stride-fix",))
+    assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), fixed.state_dict().values()))
+    x = torch.rand(2, 3, 32, 32)
+    assert original(x).shape == (2, 640) and fixed(x).shape == (2, 10)
+    strides = [m.conv2.stride[0] for m in fixed.layers]
+    assert strides.count(2) == 3 and all(m.conv2.stride[0] == 1 for m in original.layers)
+
+
+@pytest.mark.parametrize("conv_type, stored", [("SubnetConv_filter", 1), ("SubnetConv_kernel", 2),
+                                               ("SubnetConv_row", 3)])
+def test_granular_scores_have_the_originals_shapes_and_load(conv_type, stored):
+    """State dicts hold (out,), (out, in), (out, in, kh) as the original; such a checkpoint
+    loads strictly and not strictly, and sets the masks (none is left random)."""
+    from utils.checkpoint import load_model_state
+    torch.manual_seed(5)
+    source, target = build("Conv2", conv_type), build("Conv2", conv_type)
+    state = source.state_dict()
+    layer = source.convs[2]
+    assert tuple(state["convs.2.scores"].shape) == tuple(layer.scores.shape[:stored])
+    original = {k: v.clone() for k, v in state.items()}
+    for strict in (True, False):
+        assert load_model_state(target, original, strict=strict) == []
+        assert torch.equal(target.convs[2].mask(), layer.mask())
+        assert torch.equal(target.convs[2].scores, layer.scores)
+    target.load_state_dict({**original, "convs.2.scores": layer.scores.detach().clone()})  # in-memory shape too
+    assert torch.equal(target.convs[2].scores, layer.scores)
+
+
+def test_sample_subnet_score_constant_draws_no_random_numbers():
+    """--score-init-constant replaces the score draw (the original's order of random draws)."""
+    from models.conv_type import SampleSubnetConv
+    torch.manual_seed(6)
+    SampleSubnetConv(3, 4, 3, score_init_constant=0.5)
+    after_sample = torch.rand(3)
+    torch.manual_seed(6)
+    nn.Conv2d(3, 4, 3)
+    assert torch.equal(after_sample, torch.rand(3))

@@ -69,11 +69,18 @@ def check_names(cfg):
 
 
 def prepare(cfg, ctx):
-    """Device, dataset and model (identical initial weights on every rank)."""
+    """Device, dataset and model (identical initial weights on every rank).
+
+    The model is built right after seeding, as the original does (it seeds,
+    builds the model, then the data), so its random draws are the original's.
+    Our model needs the dataset's shape, so the data is built first, under the
+    same seed, and the seed is set again before the model.
+    """
     device = select_device(cfg, ctx)
     seed_all(cfg.seed)
     data = build_dataset(cfg)
     info = data.info
+    seed_all(cfg.seed)
     model = build_model(cfg, cfg.num_classes or info.num_classes, info.in_channels, info.image_size,
                         info.mean, info.std)
     model = model.to(device)
@@ -271,6 +278,8 @@ def fit(cfg, ctx, run, device, data, model, resume=None):
     state = try_resume(cfg, resume, model, s.optimizer, s.extra, ctx)
     if run.is_main:
         remove_stale_temporaries(run.ckpt_dir)
+        if resume is None and run.task != "train_full":
+            save_initial(s, state)
     if cfg.discard_mode:
         pruning.install_discard_hooks(model)
     if cfg.amp == "fp16" and device.type == "cuda":
@@ -294,6 +303,12 @@ def fit(cfg, ctx, run, device, data, model, resume=None):
         log.info("done: %s", out)
     run.close()
     return out
+
+
+def save_initial(s, state):
+    """checkpoints/initial.state: the network before training (weights and scores), as the
+    original's main.py writes it; a resumed run keeps the one its start wrote."""
+    atomic_save(checkpoint_dict(s.cfg, s.model, s.optimizer, state, s.extra), s.run.ckpt("initial.state"))
 
 
 def run_epoch(s, state, stop):

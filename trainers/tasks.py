@@ -13,7 +13,7 @@ import os
 import torch
 
 from models.conv_type import FixedSubnetConv, MaskedConv
-from models.init import InitSpec, init_weight
+from models.init import init_spec_from_config, init_weight, spec_for_layer
 from utils.checkpoint import check_arch, extract_state_dict, load_checkpoint, load_model_state
 from utils.errors import UserError
 from utils.registry import Registry
@@ -85,11 +85,10 @@ def setup_ft_inherit(model, cfg, run_dir):
 @TASKS.register("ft_reinit")
 def setup_ft_reinit(model, cfg, run_dir):
     load_pretrained(model, find_search_checkpoint(cfg, run_dir), cfg)
-    spec = InitSpec(cfg.mode, cfg.nonlinearity, cfg.scale_fan, float(cfg.prune_rate))
+    spec = init_spec_from_config(cfg)
     for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            dense_spec = InitSpec(cfg.mode, cfg.nonlinearity)
-            init_weight(cfg.ft_init, m.weight, spec if isinstance(m, MaskedConv) else dense_spec)
+        if isinstance(m, torch.nn.Conv2d):  # the original re-inits every conv, dense ones too
+            init_weight(cfg.ft_init, m.weight, spec_for_layer(spec, isinstance(m, MaskedConv)))
     set_trainable(model, weights=True, scores=False)
 
 

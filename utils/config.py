@@ -99,7 +99,13 @@ def _add_model(p):
     p.add_argument("--init", default="kaiming_normal", help="weight init (see registry)")
     p.add_argument("--mode", default="fan_in", help="fan used by the init: fan_in or fan_out")
     p.add_argument("--nonlinearity", default="relu", help="gain of the init")
-    p.add_argument("--scale-fan", dest="scale_fan", action="store_true", help="init fan counts kept weights only")
+    p.add_argument("--scale-fan", dest="scale_fan", action="store_true",
+                   help="as the original: signed/unsigned_constant and kaiming_normal use fan*(1-k), every layer")
+    p.add_argument("--scale-fan-kept", dest="scale_fan_kept", action="store_true",
+                   help="correction (opt-in): fan*k, the kept connections, in masked layers, every fan-based init")
+    p.add_argument("--mbv2-stride-fix", dest="mbv2_stride_fix", action="store_true",
+                   help="MobileNetV2 downsamples as designed (num_classes logits); the original's depthwise "
+                        "convs ignore their stride (8x8x num_classes logits at 32x32)")
     p.add_argument("--score-init-constant", dest="score_init_constant", type=float, default=None,
                    help="SampleSubnetConv: initial value of every score")
     p.add_argument("--random-subnet", dest="random_subnet", action="store_true", help="random mask, no search")
