@@ -87,7 +87,8 @@ def test_only_rank0_writes_one_run(runs):
     assert names.count("results.json") == 1 and names.count("log.txt") == 1
     assert sum(n.startswith("events.out.tfevents.") for n in names) == 1, "one TensorBoard writer (rank 0)"
     assert sum(n.endswith(".pth") for n in names) == 2, "model_latest.pth and model_best.pth only"
-    assert len(names) == 7, runs["first_files"]  # + settings.txt and the copied log
+    assert names.count("initial.state") == 1
+    assert len(names) == 8, runs["first_files"]  # + settings.txt and the copied log
     results = glob.glob(str(logs / "**" / "results.json"), recursive=True)
     assert len(results) == 1
     with open(results[0]) as fh:
