@@ -41,20 +41,33 @@ def project(x, delta, epsilon):
 
 
 def random_start(x, epsilon):
-    """Uniform start in [-eps, eps], projected to the valid image range."""
-    return project(x, torch.empty_like(x).uniform_(-epsilon, epsilon), epsilon)
+    """Uniform start in [-eps, eps], projected to the valid image range.
+
+    Drawn one channel at a time (all examples of channel 0, then channel 1, ...),
+    the order in which the original code draws it, so a seeded run takes the
+    same random numbers for the same start (the original draws in normalised
+    units, eps/std per channel: the same uniform variates, scaled).
+    """
+    delta = torch.empty_like(x)
+    if delta.dim() < 2:
+        return project(x, delta.uniform_(-epsilon, epsilon), epsilon)
+    for c in range(delta.size(1)):
+        delta[:, c].uniform_(-epsilon, epsilon)
+    return project(x, delta, epsilon)
 
 
-def input_gradient(model, x, delta, y, samples=1):
-    """Gradient of the mean cross-entropy w.r.t. ``delta`` (averaged over ``samples``
-    forward passes: EOT for randomised models) and the logits of the first pass."""
+def input_gradient(model, x, delta, y, samples=1, loss_fn=None):
+    """Gradient of the mean cross-entropy (or ``loss_fn(logits, y)``) w.r.t. ``delta``
+    (averaged over ``samples`` forward passes: EOT for randomised models) and the
+    logits of the first pass."""
+    loss_fn = loss_fn or F.cross_entropy
     grad, first_logits = torch.zeros_like(delta), None
     scale = FP16_ATTACK_LOSS_SCALE if _fp16_autocast(x.device) else 1.0
     with input_grad_only(model), torch.enable_grad():
         for _ in range(samples):
             d = delta.detach().requires_grad_(True)
             logits = model(x + d)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = loss_fn(logits.float(), y)
             grad += torch.autograd.grad(loss * scale if scale != 1.0 else loss, d)[0]
             first_logits = logits.detach() if first_logits is None else first_logits
     return grad / (samples * scale), first_logits
@@ -75,8 +88,9 @@ def sign_step(x, delta, grad, step, epsilon):
 
 
 @ATTACKS.register("pgd")
-def pgd(model, x, y, epsilon, step, iters, restarts=1, early_stop=False, eot_samples=1):
-    """PGD with uniform random start, ``iters`` steps of ``step``.
+def pgd(model, x, y, epsilon, step, iters, restarts=1, early_stop=False, eot_samples=1, loss_fn=None):
+    """PGD with uniform random start, ``iters`` steps of ``step``, ascending
+    ``loss_fn(logits, y)`` (default: cross-entropy; training passes its criterion).
 
     early_stop (evaluation): at each step only examples still classified correctly
     move, and the loop ends once none is. Across restarts the perturbation with
@@ -86,7 +100,7 @@ def pgd(model, x, y, epsilon, step, iters, restarts=1, early_stop=False, eot_sam
     for _ in range(max(1, restarts)):
         delta = random_start(x, epsilon)
         for _ in range(iters):
-            grad, logits = input_gradient(model, x, delta, y, eot_samples)
+            grad, logits = input_gradient(model, x, delta, y, eot_samples, loss_fn)
             if early_stop:
                 active = (logits.argmax(1) == y).view(-1, *[1] * (x.dim() - 1))
                 if not active.any():
@@ -127,11 +141,6 @@ def pgd20(model, x, y, epsilon, step=2 / 255, iters=20, restarts=1, eot_samples=
     """The evaluation attack: PGD-20, step 2/255, per-example early stop."""
     return pgd(model, x, y, epsilon, step, iters, restarts=restarts, early_stop=True,
                eot_samples=eot_samples)
-
-
-def free_update(x, delta, grad, epsilon):
-    """Free adversarial training: delta += eps * sign(grad), projected."""
-    return sign_step(x, delta, grad, epsilon, epsilon).detach()
 
 
 def _per_example_loss(logits, y):

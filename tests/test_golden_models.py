@@ -44,7 +44,6 @@ CASES = {c["case"]: c for c in INDEX["cases"]}
 TIE_LAYERS = {"wideresnet32": ["block2.layer.4.conv2"], "vgg16": ["features.34"],
               "resnet50_imagenet": ["layer3.2.conv2"]}
 # the original's search task also freezes BatchNorm's affine parameters (issue 9, item 4)
-BN_AFFINE_CASES = {"cresnet18_kaiming_normal_learnedbn"}
 LOGIT_RTOL = 1e-5  # of the largest |logit|; we measured <= 4e-7 (cResNet18), 0 (Conv4, ResNet50)
 
 
@@ -237,9 +236,7 @@ def test_golden_weight_and_score_stats(built, case):
             assert got["abs_sum"] == pytest.approx(ref["abs_sum"], rel=1e-9), (name, kind)
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="item 4, fixed on branch train"))
-    if c in BN_AFFINE_CASES else c for c in CASES])
+@pytest.mark.parametrize("case", CASES)
 def test_golden_search_freezing(built, case):
     det, b = detail(case), built(case)
     assert b.trainable == det["trainable_parameters"]

@@ -150,12 +150,13 @@ def test_sigterm_mid_epoch_saves_position_and_resume_matches_uninterrupted(unint
 
 
 def test_save_every_n_epochs_plus_last(tmp_path):
-    # No validation before the last epoch, so no "new best" save in between.
-    proc = run_cli(*args(tmp_path, "--one-batch", "--epochs", "3", "--val_every", "9",
-                                    "--save_every", "2"))
+    # Validation after epochs 0 (0 % 9 == 0: the first best, saved) and 3 (the last) only,
+    # so the save with 3 epochs done is --save_every's alone.
+    proc = run_cli(*args(tmp_path, "--one-batch", "--epochs", "4", "--val_every", "9",
+                                    "--save_every", "3"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     saved = [int(e) for e in re.findall(r"checkpoint saved: (\d+) epochs done", proc.stderr)]
-    assert saved == [2, 3]
+    assert saved == [1, 3, 4]
 
 
 # ---------------------------------------------------------------- pieces, in process

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from models import masked_layers
 from trainers.optim import build_optimizer
 from trainers.schedulers import LR_POLICIES, get_policy
 from trainers.tasks import set_trainable
@@ -14,7 +15,7 @@ EXPECTED = {  # policy: {epoch: lr / base lr} with base lr 0.1, 160 epochs, warm
     "cifar_piecewise_adv": {49: 1, 50: 0.1, 150: 0.01},
     "multistep_lr": {29: 1, 30: 0.1, 60: 0.01},
     "multistep_lr_imagenet": {0: 1, 29: 1, 30: 0.1, 60: 0.01},
-    "multistep_lr_imagenet_free": {0: 1, 6: 1, 7: 0.1, 14: 0.01},
+    "multistep_lr_imagenet_free": {0: 1, 7: 1, 8: 0.1, 16: 0.01},  # every ceil(30 / 4) epochs
     "cosine_lr": {0: 1, 80: 0.5, 160: 0},
     "ssfd": {0: 1, 4: 5, 5: 2.5, 9: 0.15625, 10: 1, 13: 4},
 }
@@ -54,19 +55,29 @@ def test_unknown_policy_lists_valid_names():
         get_policy(opt(), tiny_cfg("--lr_policy", "cosine"))
 
 
-def test_two_groups_and_no_bn_decay():
+def test_two_groups_by_name_and_no_bn_decay():
+    """The original's groups: names containing "bn" first (so a shortcut's BatchNorm,
+    ``shortcut.1``, is in the other group), then the rest; --no-bn-decay acts on the first."""
     model = tiny_model("--bn-type", "LearnedBatchNorm")
-    set_trainable(model, weights=False, scores=True)
+    set_trainable(model, weights=True, scores=False)
     o = build_optimizer(tiny_cfg("--no-bn-decay", "--wd", "0.01"), model)
-    decays = sorted(g["weight_decay"] for g in o.param_groups)
-    assert decays == [0.0, 0.01]
-    bn_group = next(g for g in o.param_groups if g["weight_decay"] == 0.0)
-    assert all(p.dim() == 1 for p in bn_group["params"])
-    trained = {id(p) for g in o.param_groups for p in g["params"]}
-    assert id(model.conv1.scores) in trained and id(model.conv1.weight) not in trained
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = [[names[id(p)] for p in g["params"]] for g in o.param_groups]
+    assert [g["weight_decay"] for g in o.param_groups] == [0.0, 0.01]
+    assert groups[0] == [n for n, p in model.named_parameters() if "bn" in n and p.requires_grad]
+    assert "layer2.0.shortcut.1.weight" in groups[1] and "conv1.weight" in groups[1]
+    assert not any(n.endswith("scores") for g in groups for n in g)
 
 
-def test_adam_and_nesterov():
+def test_search_keeps_an_empty_bn_group():
     model = tiny_model()
-    assert isinstance(build_optimizer(tiny_cfg("--optimizer", "adam"), model), torch.optim.Adam)
+    set_trainable(model, weights=False, scores=True)
+    o = build_optimizer(tiny_cfg(), model)
+    assert [len(g["params"]) for g in o.param_groups] == [0, len(masked_layers(model))]
+
+
+def test_adam_has_no_weight_decay_and_nesterov():
+    model = tiny_model()
+    adam = build_optimizer(tiny_cfg("--optimizer", "adam", "--wd", "0.1"), model)
+    assert isinstance(adam, torch.optim.Adam) and [g["weight_decay"] for g in adam.param_groups] == [0]
     assert build_optimizer(tiny_cfg("--nesterov"), model).defaults["nesterov"] is True

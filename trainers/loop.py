@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 import torch
 
 from data import build_dataset, make_loader, subset
-from models import build_model, masked_layers, set_model_prune_rate
+from models import build_model, masked_layers
 from trainers import pruning
 from trainers.evaluate import EVAL_ATTACKS, evaluate
 from trainers.optim import build_criterion, build_optimizer, check_optimizer
-from trainers.schedulers import LR_POLICIES, get_policy
-from trainers.state import TrainState, same_data_order
+from trainers.schedulers import LR_POLICIES, apply_free_imagenet, get_policy
+from trainers.state import TrainState, same_data_order, should_validate
 from trainers.tasks import set_trainable, setup_task
 from trainers.train import TRAINERS, unwrap
 from utils.checkpoint import (atomic_save, check_arch, extract_state_dict, load_checkpoint, load_model_state,
@@ -42,6 +42,8 @@ def run_main(cfg, entry="main"):
         if entry == "train_full":
             cfg.prune_rate = 1.0
         task = "train_full" if entry == "train_full" else cfg.task
+        if entry == "main":
+            apply_free_imagenet(cfg)
         check_names(cfg)
         device, data, model = prepare(cfg, ctx)
         if entry == "train_full":
@@ -189,8 +191,9 @@ def try_resume(cfg, resume, model, optimizer, extra, ctx=None):
             raise UserError(f"'{path}': optimizer state does not match this run ({exc}); "
                             "check --optimizer and --task, or pass --pretrained instead of --resume") from None
     set_rng_state(rng_for_rank(ckpt, ctx) if ctx is not None else ckpt.get("rng"), path)
-    if ckpt.get("free_delta") is not None:
-        extra["free_delta"] = ckpt["free_delta"]
+    for key in ("free_delta", pruning.KEY):  # loop state: free perturbation, discarded score sets
+        if ckpt.get(key) is not None:
+            extra[key] = ckpt[key]
     for m in masked_layers(unwrap(model)):
         m.clear_cache()
     state = TrainState.from_checkpoint(ckpt, path)
@@ -280,8 +283,7 @@ def fit(cfg, ctx, run, device, data, model, resume=None):
         remove_stale_temporaries(run.ckpt_dir)
         if resume is None and run.task != "train_full":
             save_initial(s, state)
-    if cfg.discard_mode:
-        pruning.install_discard_hooks(model)
+    pruning.setup(model, cfg, s.extra, train_full=run.task == "train_full")
     if cfg.amp == "fp16" and device.type == "cuda":
         s.scaler = torch.amp.GradScaler("cuda")
     # torch.compile inside DDP: unwrap(s.net) is then the compiled module, which the
@@ -320,8 +322,9 @@ def run_epoch(s, state, stop):
     """
     cfg, ctx, epoch, start = s.cfg, s.ctx, state.epoch, time.time()
     stop = agreed_stop(stop, ctx, s.device)
-    if cfg.progressive_prune:
-        set_model_prune_rate(s.model, pruning.progressive_k(cfg, epoch))
+    train_full = s.run.task == "train_full"  # no discarding, progressive k or early val_every there
+    if cfg.progressive_prune and cfg.discard_mode and not train_full:
+        pruning.set_progressive_k(s.model, cfg, epoch)
     lr = s.set_lr(epoch)
     loader = make_loader(s.data.train, cfg.batch_size, True, cfg, epoch=epoch, rank=ctx.rank,
                          world_size=ctx.world_size, seed=cfg.seed or 0, skip_batches=state.batches_done)
@@ -333,11 +336,11 @@ def run_epoch(s, state, stop):
         state.train_seconds += time.time() - start
         save(s, state, best=False)
         return True
-    if cfg.discard_mode:
-        pruning.discard_scores(s.model, s.optimizer, pruning.discard_fraction(cfg, epoch))
+    if cfg.discard_mode and not train_full:
+        pruning.discard_low_scores(s.model, pruning.discard_fraction(cfg, epoch), s.extra)
     last = epoch + 1 == cfg.epochs
     is_best = False
-    if (epoch + 1) % max(1, cfg.val_every) == 0 or last:
+    if should_validate(epoch, cfg.epochs, cfg.val_every, train_full):
         natural, robust = validate(cfg, ctx, s.device, s.data, s.net)
         is_best = state.record(epoch, train, natural, robust)
         log.info("epoch %d lr %.4g train %.2f natural %.2f robust %s%s", epoch, lr, train["acc1"],

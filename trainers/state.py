@@ -1,4 +1,4 @@
-"""What a checkpoint holds beyond the model, and the model selection rule.
+"""What a checkpoint holds beyond the model, when to validate, and the model selection rule.
 
 Position in training: ``epoch`` is the epoch to run next, and ``batches_done``
 how many of its batches are already trained (non-zero only in a checkpoint
@@ -69,6 +69,23 @@ class TrainState:
         if state.batches_done and (not isinstance(state.epoch_totals, list) or len(state.epoch_totals) != 4):
             raise UserError(f"'{path}': a mid-epoch checkpoint without its epoch_totals; the file is damaged")
         return state
+
+
+TRAIN_FULL_EARLY_EPOCHS = 60   # train_full.py validates every 10 epochs while epoch <= 60
+TRAIN_FULL_EARLY_INTERVAL = 10
+
+
+def should_validate(epoch, epochs, val_every, train_full=False):
+    """Whether the original validates (and may save model_best) after 0-based ``epoch``.
+
+    main.py: ``epoch % val_every == 0`` or the last epoch. train_full.py: the
+    interval is 10 while epoch <= 60, then val_every; the same last-epoch rule.
+    (val_every < 1, a ZeroDivisionError in the original, counts as 1.)
+    """
+    every = max(1, val_every)
+    if train_full and epoch <= TRAIN_FULL_EARLY_EPOCHS:
+        every = TRAIN_FULL_EARLY_INTERVAL
+    return epoch % every == 0 or epoch == epochs - 1
 
 
 DATA_ORDER_KEYS = ("seed", "batch_size", "low_data", "one_batch", "set")  # what fixes an epoch's batches

@@ -1,11 +1,14 @@
 """Tasks (``--task``): what is loaded, what trains and what stays frozen.
 
-search      weights frozen, scores (and learnable BN) train; --pretrained loads
-            weights first (an RTT is drawn from a trained network that way).
-ft_inherit  load a searched ticket, freeze its mask, train the weights in it.
+search      only the scores train: the weight and bias of every module are
+            frozen, BatchNorm affine parameters included (as the original's
+            freeze_model_weights); --pretrained loads weights first (an RTT is
+            drawn from a trained network that way).
+ft_inherit  load a searched ticket, freeze its scores (mask), train everything else.
 ft_reinit   the same after re-initialising every conv weight with --ft_init.
-ft_full     multiply weights by the mask once, then train all weights densely,
-            with --ft_full_mode deciding how the pruned weights train.
+ft_full     multiply weights by the mask once, then train all weights densely;
+            --ft_full_mode edits the gradients of the formerly masked layers as
+            the original does (``edit_ft_full_grads``, adversarial training only).
 """
 import logging
 import os
@@ -27,15 +30,10 @@ def masked(model):
 
 
 def set_trainable(model, weights, scores):
-    """Conv weights/biases train iff ``weights``; scores iff ``scores``; BN always."""
+    """Scores train iff ``scores``; every other parameter (conv and linear weights and
+    biases, BatchNorm affine) iff ``weights``. FixedSubnetConv scores never train."""
     for name, p in model.named_parameters():
-        is_score = name.endswith("scores")
-        p.requires_grad_(scores if is_score else True)
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            for p in (m.weight, m.bias):
-                if p is not None:
-                    p.requires_grad_(weights)
+        p.requires_grad_(scores if name.endswith("scores") else weights)
     for m in model.modules():
         if isinstance(m, FixedSubnetConv):
             m.scores.requires_grad_(False)
@@ -97,34 +95,47 @@ def setup_ft_full(model, cfg, run_dir):
     load_pretrained(model, find_search_checkpoint(cfg, run_dir), cfg)
     with torch.no_grad():
         for m in masked(model):
-            pruned = 1.0 - m.mask().expand_as(m.weight)
-            m.weight.mul_(1.0 - pruned)
+            kept = m.mask().expand_as(m.weight).bool()
+            m.weight.mul_(kept.to(m.weight.dtype))
             m.set_prune_rate(1.0)
-            m.pruned = pruned
+            m.ft_kept = kept  # the ticket's mask (its scores are frozen, so it never changes)
     set_trainable(model, weights=True, scores=False)
-    install_ft_full_hooks(model, cfg)
+    if cfg.ft_full_mode != "all" and not cfg.attack_type:
+        log.warning("--ft_full_mode %s acts only in adversarial training (--attack_type), as in the "
+                    "original; this natural run trains like --ft_full_mode all", cfg.ft_full_mode)
 
 
-def install_ft_full_hooks(model, cfg):
-    """Gradient hooks realising --ft_full_mode on each formerly masked weight.
+def edit_ft_full_grads(model, cfg):
+    """--ft_full_mode, applied between backward and the optimiser step (adversarial training).
 
-    Weight decay for these weights is applied inside the hook (the optimiser
-    gets weight_decay 0 for them, see ``trainers.optim``), so that pruned and
-    kept entries can decay differently and frozen entries do not decay at all.
+    only_zero      the kept weights' gradients are zeroed; SGD's weight decay and
+                   momentum still move them (the original's effective behaviour).
+    decay_on_zero  add the gradient of wd * ||w_kept||_2 + wd0 * ||w_pruned||_2
+                   (non-squared norms; SGD decay is off for these weights, see
+                   ``trainers.optim``).
+    low_lr_zero    the pruned weights' gradients are scaled by --lr_scale_zero
+                   (the original's version edits a copy and does nothing).
     """
-    mode, wd = cfg.ft_full_mode, cfg.weight_decay
-    for m in masked(model):
-        pruned, w = m.pruned, m.weight
-        if mode == "only_zero":
-            w.register_hook(lambda g, w=w, p=pruned: (g + wd * w.detach()) * p)
-        elif mode == "decay_on_zero":
-            decay = cfg.weight_decay_on_zero * pruned + wd * (1.0 - pruned)
-            w.register_hook(lambda g, w=w, d=decay: g + d * w.detach())
-        elif mode == "low_lr_zero":
-            scale = 1.0 + (cfg.lr_scale_zero - 1.0) * pruned
-            w.register_hook(lambda g, w=w, s=scale: (g + wd * w.detach()) * s)
-        if mode != "all":
-            w.decay_in_hook = True
+    mode = cfg.ft_full_mode
+    if cfg.task != "ft_full" or mode == "all":
+        return
+    for m in model.modules():
+        kept, w = getattr(m, "ft_kept", None), getattr(m, "weight", None)
+        if kept is None or w is None or not w.requires_grad:
+            continue
+        if w.grad is None:
+            w.grad = torch.zeros_like(w)
+        with torch.no_grad():
+            if mode == "only_zero":
+                w.grad.masked_fill_(kept, 0.0)
+            elif mode == "decay_on_zero":
+                for part, coef in ((kept, cfg.weight_decay), (~kept, cfg.weight_decay_on_zero)):
+                    # d/dw coef * ||w[part]|| = coef * w / ||w[part]|| on part (0 where the norm is 0)
+                    sel = w * part
+                    norm = sel.norm()
+                    w.grad.add_(sel * torch.where(norm > 0, coef / norm, torch.zeros_like(norm)))
+            elif mode == "low_lr_zero":
+                w.grad.mul_(torch.where(kept, 1.0, cfg.lr_scale_zero).to(w.grad.dtype))
 
 
 def setup_task(model, cfg, run_dir):

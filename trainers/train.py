@@ -2,7 +2,10 @@
 
 Training attacks run with the model in train mode (BatchNorm batch statistics)
 and move every example at every step; they receive the bare module (not the
-DDP wrapper) since each rank attacks its own examples.
+DDP wrapper) since each rank attacks its own examples. As in the original, PGD
+ascends the training criterion (label smoothing included) while FGSM and FGSM-RS
+ascend plain cross-entropy, and the gradient edits of --ft_full_mode and
+--discard_mode act only in adversarial training (attacks and free).
 """
 import functools
 import math
@@ -10,9 +13,11 @@ import math
 import torch
 from tqdm import tqdm
 
+from trainers import pruning
 from trainers.evaluate import autocast, to_input
 from trainers.metrics import Meter
-from attacks.pgd import fgsm, fgsm_rs, free_update, pgd, project
+from trainers.tasks import edit_ft_full_grads
+from attacks.pgd import fgsm, fgsm_rs, pgd, project
 from utils.distributed import DistContext, all_reduce_sum
 from utils.errors import UserError
 from utils.registry import Registry
@@ -25,11 +30,16 @@ class NonFiniteLoss(UserError):
     pass
 
 
-def make_train_attack(cfg):
-    """Callable ``(model, x, y) -> x_adv`` for --attack_type (None for natural or free)."""
+def make_train_attack(cfg, criterion=None):
+    """Callable ``(model, x, y) -> x_adv`` for --attack_type (None for natural or free).
+
+    ``criterion`` is the loss PGD ascends (the training criterion in the original;
+    cross-entropy if None); FGSM and FGSM-RS always ascend plain cross-entropy.
+    """
     eps = cfg.epsilon / 255
     if cfg.attack_type == "pgd":
-        return functools.partial(pgd, epsilon=eps, step=PGD_TRAIN_STEP, iters=cfg.attack_iters)
+        return functools.partial(pgd, epsilon=eps, step=PGD_TRAIN_STEP, iters=cfg.attack_iters,
+                                 loss_fn=criterion)
     if cfg.attack_type == "fgsm":
         return functools.partial(fgsm, epsilon=eps, alpha=cfg.alpha / 255)
     if cfg.attack_type == "fgsm-rs":
@@ -41,15 +51,35 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def _backward_step(loss, optimizer, scaler):
+def _backward_step(loss, optimizer, scaler, edit_grads=None):
+    """Backward and step; ``edit_grads()`` runs between them on unscaled gradients."""
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
+        if edit_grads is not None:
+            scaler.unscale_(optimizer)
+            edit_grads()
         scaler.step(optimizer)
         scaler.update()
     else:
         loss.backward()
+        if edit_grads is not None:
+            edit_grads()
         optimizer.step()
+
+
+def grad_editor(model, cfg):
+    """The original's edits before each adversarial-training step: --ft_full_mode's,
+    then --discard_mode's (None when neither applies)."""
+    if not ((cfg.task == "ft_full" and cfg.ft_full_mode != "all") or cfg.discard_mode):
+        return None
+    bare = unwrap(model)
+
+    def edit():
+        edit_ft_full_grads(bare, cfg)
+        if cfg.discard_mode:
+            pruning.mask_discarded_grads(bare)
+    return edit
 
 
 def _check_finite(loss, epoch, batch):
@@ -73,7 +103,9 @@ def train_epoch(model, loader, optimizer, criterion, cfg, device, epoch, ctx=Dis
     carry on (on one process the sums are bit-exact; on several, rank 0 carries them).
     """
     model.train()
-    attack = make_train_attack(cfg)
+    state = {} if state is None else state
+    attack = make_train_attack(cfg, criterion)
+    edit = grad_editor(model, cfg) if cfg.attack_type else None
     done = int(resume_from["batches"]) if resume_from else 0
     meter = Meter.from_totals(resume_from["totals"]) if resume_from and ctx.is_main else Meter()
     stopped = False
@@ -82,8 +114,7 @@ def train_epoch(model, loader, optimizer, criterion, cfg, device, epoch, ctx=Dis
     for i, (x, y) in enumerate(bar, start=done):
         x, y = to_input(x, device, getattr(cfg, "channels_last", False)), y.to(device, non_blocking=True)
         if cfg.attack_type == "free":
-            logits, loss = _free_batch(model, x, y, optimizer, criterion, cfg, device, scaler, state)
-            _check_finite(loss, epoch, i)
+            _free_batch(model, x, y, optimizer, criterion, cfg, scaler, state, meter, edit, (epoch, i))
         else:
             with autocast(cfg.amp, device):
                 if attack is not None:
@@ -91,8 +122,8 @@ def train_epoch(model, loader, optimizer, criterion, cfg, device, epoch, ctx=Dis
                 logits = model(x)
                 loss = criterion(logits.float(), y)
             _check_finite(loss, epoch, i)
-            _backward_step(loss, optimizer, scaler)
-        meter.update(logits.detach(), y, loss.detach())
+            _backward_step(loss, optimizer, scaler, edit)
+            meter.update(logits.detach(), y, loss.detach())
         done = i + 1
         if should_stop is not None and should_stop():
             stopped = True
@@ -103,19 +134,31 @@ def train_epoch(model, loader, optimizer, criterion, cfg, device, epoch, ctx=Dis
     return summary
 
 
-def _free_batch(model, x, y, optimizer, criterion, cfg, device, scaler, state):
-    """Free adversarial training: replay the batch n_repeats times, carrying delta."""
+def _free_batch(model, x, y, optimizer, criterion, cfg, scaler, state, meter, edit, where):
+    """Free adversarial training (Shafahi et al.), as the original does it.
+
+    The batch is replayed n_repeats times; each replay is one optimiser step and
+    one metrics update (train accuracy averages all replays). The perturbation
+    ``state['free_delta']`` persists across replays, batches and epochs (and in
+    checkpoints); it is kept in the eps-ball only and clipped to the image box
+    [0, 1] only where it is used: x + clip(delta) is the input, and
+    delta += eps * sign(gradient there), then clamped to [-eps, eps].
+    """
     eps = cfg.epsilon / 255
-    delta = state.get("free_delta")
-    if delta is None or delta.shape[1:] != x.shape[1:] or delta.size(0) < x.size(0):
-        delta = torch.zeros_like(x)
-    delta = project(x, delta[: x.size(0)].to(device), eps)  # carried delta may leave [0, 1] on new x
+    noise = state.get("free_delta")
+    if noise is None or noise.shape[1:] != x.shape[1:] or noise.size(0) < x.size(0):
+        noise = torch.zeros_like(x)  # sized by the first batch, like the original's
+    noise = noise.to(x.device)
+    n = x.size(0)
     for _ in range(max(1, cfg.n_repeats)):
-        d = delta.detach().requires_grad_(True)
-        with autocast(cfg.amp, device):
+        d = project(x, noise[:n], eps).requires_grad_(True)
+        with autocast(cfg.amp, x.device):
             logits = model(x + d)
             loss = criterion(logits.float(), y)
-        _backward_step(loss, optimizer, scaler)
-        delta = free_update(x, delta, d.grad, eps)
-    state["free_delta"] = delta
-    return logits, loss
+        _check_finite(loss, *where)
+        _backward_step(loss, optimizer, scaler, edit)
+        meter.update(logits.detach(), y, loss.detach())
+        with torch.no_grad():
+            noise[:n] += eps * torch.nan_to_num(d.grad.sign(), nan=0.0)
+            noise.clamp_(-eps, eps)
+    state["free_delta"] = noise
