@@ -1,4 +1,4 @@
-"""Dataset builders: torchvision sets (CIFAR, SVHN, MNIST) and folder trees.
+"""Dataset builders: torchvision sets (CIFAR, BigCIFAR10, SVHN, MNIST) and folder trees.
 
 Each builder takes the resolved config and returns a :class:`DataBundle` whose
 datasets yield un-normalised tensors in [0, 1]; ``info.mean``/``info.std`` are
@@ -22,12 +22,9 @@ HALF3 = (0.5, 0.5, 0.5)
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 
 
-def crop_flip(size, flip=True, padding=4):
-    """CIFAR-style train augmentation: padded random crop (+ horizontal flip)."""
-    steps = [T.RandomCrop(size, padding=padding)]
-    if flip:
-        steps.append(T.RandomHorizontalFlip())
-    return T.Compose(steps + [T.ToTensor()])
+def crop_flip(size, padding=4):
+    """CIFAR-style train augmentation: padded random crop and horizontal flip."""
+    return T.Compose([T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip(), T.ToTensor()])
 
 
 # ---------------------------------------------------------------- torchvision sets
@@ -84,10 +81,27 @@ def build_cifar100(cfg):
     return _cifar(cfg, tvd.CIFAR100, "CIFAR100", "cifar100", "cifar-100-python", 100)
 
 
+@DATASETS.register("BigCIFAR10")
+def build_big_cifar10(cfg):
+    """CIFAR-10 upscaled to 128 px (the original's BigCIFAR10, for ImageNet-style networks):
+    random-resized crops and flips for training, resize + centre crop for validation,
+    ImageNet normalisation constants; the files are those of CIFAR10 (``cifar10/``)."""
+    size = 128
+    train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor()])
+    val_tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor()])
+
+    def make(root, train, download):
+        return tvd.CIFAR10(root=root, train=train, download=download, transform=train_tf if train else val_tf)
+
+    marker = "cifar-10-batches-py"
+    train, val = _torchvision_pair(cfg, "BigCIFAR10", "cifar10", marker, marker, make)
+    return DataBundle(DatasetInfo("BigCIFAR10", 10, 3, size, IMAGENET_MEAN, IMAGENET_STD), train, val)
+
+
 @DATASETS.register("SVHN")
 def build_svhn(cfg):
-    # No flip: mirrored digits are different (or no) digits.
-    train_tf, val_tf = crop_flip(32, flip=False), T.ToTensor()
+    # No augmentation, as in the original (a mirrored digit is another digit, or none).
+    train_tf = val_tf = T.ToTensor()
 
     def make(root, train, download):
         return tvd.SVHN(root=root, split="train" if train else "test", download=download,
@@ -100,7 +114,7 @@ def build_svhn(cfg):
 
 @DATASETS.register("MNIST")
 def build_mnist(cfg):
-    train_tf, val_tf = crop_flip(28, flip=False), T.ToTensor()
+    train_tf = val_tf = T.ToTensor()  # no augmentation, as in the original
 
     def make(root, train, download):
         return tvd.MNIST(root=root, train=train, download=download, transform=train_tf if train else val_tf)
@@ -203,7 +217,8 @@ def _folder_stats(cfg):
             out.append(HALF3)
             continue
         if len(values) != 3:
-            raise UserError(f"--{flag} needs 3 comma-separated values (one per RGB channel), got {len(values)}")
+            raise UserError(f"--{flag} needs 3 values (one per RGB channel, e.g. --{flag} 0.5 0.5 0.5), "
+                            f"got {len(values)}")
         if flag == "std" and min(values) <= 0:
             raise UserError(f"--std values must be positive, got {','.join(map(str, values))}")
         out.append(tuple(float(v) for v in values))

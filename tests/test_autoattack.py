@@ -56,7 +56,8 @@ def test_evaluate_cli_with_autoattack(trained, tmp_path):
                                    "pgd", "--eval_attack", "autoattack", "--aa_steps", "5", "--n_eval", "8",
                                    "--epsilon", "8", "--log-dir", str(tmp_path), "--name", "aa", "--workers", "0"])
     assert out["eval_attack"] == "autoattack" and out["robust_acc1"] <= out["natural_acc1"]
-    with open(os.path.join(tmp_path, "no_config", "aa", "prune_rate=1.0", "search", "results.json")) as fh:
+    with open(os.path.join(tmp_path, "no_config", "aa", "prune_rate=1.0", "search", "width_mult=0.125",
+                           "results.json")) as fh:
         assert json.load(fh)["robust_acc1"] == out["robust_acc1"]
 
 

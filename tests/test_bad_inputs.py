@@ -22,7 +22,7 @@ from utils.config import parse_config
 HAS_TEST_TRANS = os.path.exists(os.path.join(ROOT, "test_trans.py"))
 TINY = ["--set", "Digits", "--arch", "cResNet18", "--width-mult", "0.125", "-b", "64", "--low-data", "0.1",
         "--n_eval", "16", "--epochs", "1", "--seed", "0", "--prune-rate", "0.3", "--workers", "0", "--name", "bad"]
-RUN = os.path.join("no_config", "bad", "prune_rate=0.3", "search")
+RUN = os.path.join("no_config", "bad", "prune_rate=0.3", "search", "width_mult=0.125")
 
 # id, script, arguments after TINY ({f} = the fixture folder), text the error must contain, no run dir
 ROWS = [

@@ -19,7 +19,8 @@ def common(tmp, *extra):
 
 
 def run_dir(tmp, task, k="0.3"):
-    return os.path.join(str(tmp), "no_config", "t", f"prune_rate={k}", task)
+    """The original's layout: <root>/<config stem>/<name>/prune_rate=<k>/<task>/width_mult=<w>."""
+    return os.path.join(str(tmp), "no_config", "t", f"prune_rate={k}", task, "width_mult=0.125")
 
 
 def check_run(path, task):
@@ -73,7 +74,7 @@ def test_evaluate_prints_accuracies(searched, tmp_path):
 def test_train_full_checkpoint_draws_an_rtt(tmp_path):
     proc = run_cli("train_full.py", *common(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    full = run_dir(tmp_path, "train_full", k="1.0")
+    full = run_dir(tmp_path, "search", k="1.0")  # the original's train_full runs in its --task folder
     check_run(full, "train_full")
     ckpt = os.path.join(full, "checkpoints", "model_best.pth")
     proc = run_cli("main.py", *common(tmp_path, "--prune-rate", "0.3", "--task", "search", "--pretrained", ckpt))

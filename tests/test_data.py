@@ -150,7 +150,7 @@ def test_other_missing_sets_name_the_path(tmp_path, name):
 def test_unknown_dataset_lists_valid_names():
     with pytest.raises(UserError, match="Digits"):
         build_dataset(cfg_of("--set", "Cifar11"))
-    assert {"CIFAR10", "CIFAR100", "SVHN", "MNIST", "ImageNet", "TinyImageNet", "Digits",
+    assert {"CIFAR10", "CIFAR100", "BigCIFAR10", "SVHN", "MNIST", "ImageNet", "TinyImageNet", "Digits",
             "ImageFolder"} == set(DATASETS.names())
 
 

@@ -43,7 +43,6 @@ CASES = {c["case"]: c for c in INDEX["cases"]}
 # layers whose golden mask hash depends on how an exact |score| tie was broken
 TIE_LAYERS = {"wideresnet32": ["block2.layer.4.conv2"], "vgg16": ["features.34"],
               "resnet50_imagenet": ["layer3.2.conv2"]}
-# the original's search task also freezes BatchNorm's affine parameters (issue 9, item 4)
 LOGIT_RTOL = 1e-5  # of the largest |logit|; we measured <= 4e-7 (cResNet18), 0 (Conv4, ResNet50)
 
 

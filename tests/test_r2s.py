@@ -228,7 +228,8 @@ def test_r2s_cli_writes_r2s_json_and_packed_model(trained_dir, tmp_path):
                                    "2", "--eot_samples", "2", "--eot_steps", "3", "--log-dir", str(tmp_path),
                                    "--name", "r", "--workers", "0", "--seed", "0"])
     run = pathlib.Path(out["model_file"]).parent.parent
-    assert run.parent.parent.parent.parent == tmp_path
+    assert run.name == "width_mult=0.125" and run.parent.name == "transfer"  # the original's layout
+    assert run.parent.parent.parent.parent.parent == tmp_path
     with open(run / "r2s.json") as fh:
         saved = json.load(fh)
     assert saved["natural_acc1"]["mean"] == out["natural_acc1"]["mean"]

@@ -35,7 +35,7 @@ def args(log_dir, *extra):
 
 
 def run_dir(log_dir):
-    return os.path.join(str(log_dir), "no_config", "r", "prune_rate=0.3", "search")
+    return os.path.join(str(log_dir), "no_config", "r", "prune_rate=0.3", "search", "width_mult=0.125")
 
 
 def cli_env():

@@ -124,8 +124,8 @@ def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_last_good_checkpoi
             "--width-mult", "0.125", "-b", "64", "--low-data", "0.1", "--n_eval", "16", "--epochs", "3",
             "--val_every", "1", "--seed", "0", "--workers", "0", "--log-dir", str(tmp_path), "--lr", "0.01",
             "--lr_policy", "multistep_lr_imagenet", "--multistep_lr_adjust", "1", "--multistep_lr_gamma", "1e30"]
-    latest = tmp_path / "no_config" / "default" / "prune_rate=1.0" / "train_full" / "checkpoints" / \
-        "model_latest.pth"
+    latest = tmp_path / "no_config" / "default" / "prune_rate=1.0" / "search" / "width_mult=0.125" / \
+        "checkpoints" / "model_latest.pth"
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")  # no OpenMP stalls on a busy machine
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     first = None

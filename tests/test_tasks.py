@@ -12,6 +12,7 @@ from trainers.tasks import find_search_checkpoint, setup_task
 from trainers.train import grad_editor, train_epoch
 from utils.checkpoint import atomic_save
 from utils.errors import UserError
+from utils.run_dir import run_dir_for
 from tests.helpers import tiny_cfg, tiny_model
 
 X = torch.rand(8, 3, 32, 32)
@@ -77,15 +78,16 @@ def test_ft_reinit_changes_weights_not_mask(ticket):
 
 
 def test_ft_needs_a_search_checkpoint(tmp_path):
-    run = tmp_path / "cfg" / "n" / "prune_rate=0.3" / "ft_inherit"
-    cfg = tiny_cfg("--task", "ft_inherit")
+    cfg = tiny_cfg("--task", "ft_inherit", "--log-dir", str(tmp_path), "--name", "n")
+    run = run_dir_for(cfg)
     with pytest.raises(UserError) as exc:
-        find_search_checkpoint(cfg, str(run))
-    assert os.path.join("search", "checkpoints", "model_best.pth") in str(exc.value)
-    best = tmp_path / "cfg" / "n" / "prune_rate=0.3" / "search" / "checkpoints" / "model_best.pth"
+        find_search_checkpoint(cfg, run)
+    assert os.path.join("search", "width_mult=0.125", "checkpoints", "model_best.pth") in str(exc.value)
+    best = tmp_path / "no_config" / "n" / "prune_rate=0.3" / "search" / "width_mult=0.125" / "checkpoints" / \
+        "model_best.pth"
     best.parent.mkdir(parents=True)
     best.write_bytes(b"x")
-    assert os.path.samefile(find_search_checkpoint(cfg, str(run)), best)
+    assert os.path.samefile(find_search_checkpoint(cfg, run), best)
 
 
 def _ft_full(path, mode, *extra):

@@ -37,7 +37,7 @@ def test_cli_writes_the_full_matrix(ticket_dir, tmp_path):
                    "--name", "tt", timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "skipped notes.pth" in proc.stderr
-    run = tmp_path / "no_config" / "tt" / "prune_rate=0.9" / "transfer"
+    run = tmp_path / "no_config" / "tt" / "prune_rate=0.9" / "transfer" / "width_mult=0.125"
     with open(run / "transfer_matrix.json") as fh:
         rep = json.load(fh)
     names = [t[0] for t in TICKETS]

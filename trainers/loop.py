@@ -13,7 +13,7 @@ import torch
 
 from data import build_dataset, make_loader, subset
 from models import build_model, masked_layers
-from trainers import pruning
+from trainers import lottery, pruning, ss  # noqa: F401  (lottery, ss: register --trainer lottery / ss)
 from trainers.evaluate import EVAL_ATTACKS, evaluate
 from trainers.optim import build_criterion, build_optimizer, check_optimizer
 from trainers.schedulers import LR_POLICIES, apply_free_imagenet, get_policy
@@ -21,7 +21,7 @@ from trainers.state import TrainState, same_data_order, should_validate
 from trainers.tasks import set_trainable, setup_task
 from trainers.train import TRAINERS, unwrap
 from utils.checkpoint import (atomic_save, check_arch, extract_state_dict, load_checkpoint, load_model_state,
-                              remove_stale_temporaries)
+                              original_optimizer_state, remove_stale_temporaries)
 from utils.distributed import all_reduce_sum, barrier, broadcast_buffers, init_distributed, select_device, shutdown
 from utils.errors import UserError
 from utils.run_dir import Run, config_dict, run_dir_for, setup_logging
@@ -45,6 +45,7 @@ def run_main(cfg, entry="main"):
         if entry == "main":
             apply_free_imagenet(cfg)
         check_names(cfg)
+        trainer_hook(cfg, "check")(cfg, task, ctx)
         device, data, model = prepare(cfg, ctx)
         if entry == "train_full":
             set_trainable(model, weights=True, scores=False)
@@ -68,6 +69,12 @@ def check_names(cfg):
         EVAL_ATTACKS.get(cfg.eval_attack)
     if cfg.evaluate and not cfg.pretrained:
         raise UserError("--evaluate needs --pretrained CHECKPOINT")
+
+
+def trainer_hook(cfg, name):
+    """--trainer's optional ``check(cfg, task, ctx)`` (run before the run directory exists)
+    or ``prepare(model, cfg)`` (run before the optimiser is built); else a no-op."""
+    return getattr(TRAINERS.get(cfg.trainer), name, lambda *args: None)
 
 
 def prepare(cfg, ctx):
@@ -184,9 +191,12 @@ def try_resume(cfg, resume, model, optimizer, extra, ctx=None):
     if not resume:
         return TrainState()
     path, ckpt = resume
-    if "optimizer" in ckpt:
+    saved = ckpt.get("optimizer")
+    if "config" not in ckpt and isinstance(saved, dict):  # the original's: its group order, an empty BN group
+        saved = original_optimizer_state(saved, unwrap(model), optimizer, path)
+    if saved is not None:
         try:
-            optimizer.load_state_dict(ckpt["optimizer"])
+            optimizer.load_state_dict(saved)
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"'{path}': optimizer state does not match this run ({exc}); "
                             "check --optimizer and --task, or pass --pretrained instead of --resume") from None
@@ -276,6 +286,7 @@ def fit(cfg, ctx, run, device, data, model, resume=None):
     results.json and returns with ``interrupted`` set; the process exits 0.
     """
     s = Session(cfg, ctx, run, device, data, model)
+    trainer_hook(cfg, "prepare")(model, cfg)
     s.optimizer = build_optimizer(cfg, model)
     s.set_lr, s.criterion = get_policy(s.optimizer, cfg), build_criterion(cfg)
     state = try_resume(cfg, resume, model, s.optimizer, s.extra, ctx)

@@ -18,7 +18,7 @@ class TrainState:
     batches_done: int = 0               # batches of `epoch` already trained (SIGTERM checkpoint)
     epoch_totals: list = None           # their summed [n, loss, correct@1, correct@5] over all ranks
     best_acc1: float = -1.0             # robust top-1 if an attack is set, else natural
-    best_acc5: float = -1.0
+    best_acc5: float = -1.0             # highest top-5 of any validation (not the best epoch's)
     best_train_acc1: float = 0.0
     best_train_acc5: float = 0.0
     natural_acc1_at_best_robustness: float = None
@@ -39,8 +39,9 @@ class TrainState:
         self.curr_acc1, self.curr_acc5 = chosen["acc1"], chosen["acc5"]
         self.history.append({"epoch": epoch, "train_acc1": train["acc1"], "natural_acc1": natural["acc1"],
                              "robust_acc1": self.robust_acc1})
+        self.best_acc5 = max(self.best_acc5, chosen["acc5"])  # running maximum, as in the original
         if chosen["acc1"] > self.best_acc1:
-            self.best_acc1, self.best_acc5 = chosen["acc1"], chosen["acc5"]
+            self.best_acc1 = chosen["acc1"]
             self.natural_acc1_at_best_robustness = natural["acc1"]
             return True
         return False

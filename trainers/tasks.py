@@ -20,6 +20,7 @@ from models.init import init_spec_from_config, init_weight, spec_for_layer
 from utils.checkpoint import check_arch, extract_state_dict, load_checkpoint, load_model_state
 from utils.errors import UserError
 from utils.registry import Registry
+from utils.run_dir import prune_rate_dir, run_dir_for
 
 TASKS = Registry("task")
 log = logging.getLogger("rst")
@@ -51,12 +52,19 @@ def load_pretrained(model, path, cfg):
 
 
 def find_search_checkpoint(cfg, run_dir):
-    """--pretrained, else the sibling search run's best checkpoint."""
+    """--pretrained, else the sibling search run's best checkpoint.
+
+    Looked for, as the original does, in ``<prune_rate=k>/search/`` and then in
+    ``<prune_rate=k>/`` itself; both come from ``run_dir_for`` (not from
+    ``run_dir``, the fine-tuning run's own folder), so with --width-mult the search
+    run's ``width_mult=<w>`` level is followed (the original looked under the
+    fine-tuning run's own folder there and stopped).
+    """
     if cfg.pretrained:
         return cfg.pretrained
-    # normpath first: '<run>/..' must resolve even before <run> exists
-    candidates = [os.path.normpath(os.path.join(run_dir, "..", "search", "checkpoints", "model_best.pth")),
-                  os.path.normpath(os.path.join(run_dir, "..", "checkpoints", "model_best.pth"))]
+    search = run_dir_for(cfg, "search")
+    candidates = [os.path.join(search, "checkpoints", "model_best.pth"),
+                  os.path.join(prune_rate_dir(cfg), "checkpoints", "model_best.pth")]
     for path in candidates:
         if os.path.isfile(path):
             return path

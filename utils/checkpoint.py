@@ -3,7 +3,10 @@
 * Saving writes a temporary file in the same folder, flushes and fsyncs it and
   renames it over the target, so a kill at any moment leaves the previous file intact.
 * Loading always uses ``torch.load(weights_only=True)``: a checkpoint that would
-  need arbitrary code to unpickle is refused and nothing in it runs.
+  need arbitrary code to unpickle is refused and nothing in it runs. The only
+  globals added to torch's allowlist, for our loads only, are numpy's scalar and
+  dtype reconstructors: the original's LR policies leave numpy float64 learning
+  rates in its optimizer state, so every checkpoint it wrote holds them.
 * State dicts saved from ``DataParallel``/DDP (keys prefixed ``module.``) load into
   the bare model; our own checkpoints use the bare key names.
 """
@@ -74,19 +77,43 @@ def _first_line(exc, limit=120):
     return (text[0].split(". ")[0] if text else type(exc).__name__)[:limit]
 
 
+# Numeric dtype codes (bool, signed/unsigned ints, floats, complex); no object, string,
+# void or datetime dtypes.
+NUMPY_NUMERIC_DTYPES = "?bhilqpBHILQPefdgFDG"
+
+
+def numpy_scalar_globals():
+    """numpy's scalar and dtype reconstructors, under numpy 1.x's and 2.x's names.
+
+    A pickled numpy scalar is ``scalar(dtype, raw bytes)`` and its dtype is
+    ``dtype(code)`` plus a BUILD of its byte order, which needs the dtype's class
+    (``numpy.dtypes.Float64DType`` on numpy >= 1.25). These rebuild a number from
+    bytes and run nothing else; ndarray reconstruction stays refused.
+    """
+    try:
+        import numpy as np
+    except ImportError:  # without numpy no checkpoint can hold numpy scalars
+        return []
+    scalar = (getattr(np, "_core", None) or np.core).multiarray.scalar
+    allowed = [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype]
+    allowed += sorted({type(np.dtype(code)) for code in NUMPY_NUMERIC_DTYPES} - {np.dtype}, key=str)
+    return allowed
+
+
 def load_checkpoint(path, map_location="cpu"):
     """Load a checkpoint safely (weights only); every failure is a one-line UserError.
 
     A pickle that references anything outside torch's weights-only allowlist (a
-    class, a function such as ``os.system``) is refused before any of it runs.
+    class, a function such as ``os.system``) is refused before any of it runs;
+    numpy scalars are accepted (``numpy_scalar_globals``), only during this load.
     """
     if not path or not os.path.exists(path):
         raise UserError(f"checkpoint '{path}' not found; check the path")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint '{path}' is not a file; pass the .pth file itself")
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), torch.serialization.safe_globals(numpy_scalar_globals()):
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols on stderr
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         unsafe = UNSAFE_GLOBAL.search(str(exc))
@@ -141,3 +168,48 @@ def check_arch(ckpt, arch, path):
     if saved is not None and saved != arch:
         raise UserError(f"'{path}' was saved from arch '{saved}' but --arch is '{arch}'; "
                         f"pass --arch {saved} or a checkpoint of {arch}")
+
+
+def _original_param_order(model, n_groups):
+    """The trainable parameters in the order the original's optimizer numbered them.
+
+    SGD (two groups): parameters whose name contains 'bn' first, then the rest;
+    Adam (one group): ``model.parameters()`` order. Frozen ones are left out.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if n_groups == 1:
+        return named
+    return [(n, p) for n, p in named if "bn" in n] + [(n, p) for n, p in named if "bn" not in n]
+
+
+def original_optimizer_state(saved, model, optimizer, path="checkpoint"):
+    """An optimizer state written by the original, re-keyed for ``optimizer``.
+
+    The original's SGD has a BatchNorm group first (empty with NonAffineBatchNorm)
+    and the other parameters second; ours orders and drops groups differently, so
+    each saved per-parameter state (momentum buffers, Adam moments) is matched to
+    its parameter by the original's numbering and checked by shape. Group
+    hyper-parameters stay this run's (the LR policy sets the LR every epoch).
+    Returns None when the saved state is empty.
+    """
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not groups:
+        return None
+    saved_ids = [i for g in groups for i in g.get("params", [])]
+    order = _original_param_order(model, len(groups))
+    if len(saved_ids) != len(order):
+        raise UserError(f"'{path}': its optimizer holds {len(saved_ids)} parameters and this run trains "
+                        f"{len(order)}; check --task, --optimizer and --bn-type, or pass --pretrained instead")
+    ours = optimizer.state_dict()
+    our_index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    state = {}
+    for saved_id, (name, p) in zip(saved_ids, order):
+        entry = saved.get("state", {}).get(saved_id)
+        if entry is None or id(p) not in our_index:
+            continue
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                raise UserError(f"'{path}': optimizer state '{key}' of {name} has shape {tuple(value.shape)}, "
+                                f"the parameter {tuple(p.shape)}; the checkpoint is of another model")
+        state[our_index[id(p)]] = entry
+    return {"state": state, "param_groups": ours["param_groups"]}

@@ -32,10 +32,18 @@ def _none_or_str(text):
 
 
 def _float_list(text):
+    """'0.5,0.4' or '0.5 0.4' -> [0.5, 0.4]."""
     try:
-        return [float(t) for t in str(text).split(",") if t.strip() != ""]
+        return [float(t) for t in str(text).replace(",", " ").split()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'")
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas or spaces, got '{text}'")
+
+
+class _FlatList(argparse.Action):
+    """``--mean 0.49 0.48 0.45`` and ``--mean 0.49,0.48,0.45`` both give [0.49, 0.48, 0.45]."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [v for part in values for v in part])
 
 
 def _add_general(p):
@@ -44,8 +52,10 @@ def _add_general(p):
     p.add_argument("--set", default="Digits", help="dataset name (see data registry); Digits needs no download")
     p.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
     p.add_argument("--image_size", type=int, default=32, help="ImageFolder: side length in pixels")
-    p.add_argument("--mean", type=_float_list, default=None, help="ImageFolder: per-channel mean, e.g. 0.5,0.5,0.5")
-    p.add_argument("--std", type=_float_list, default=None, help="ImageFolder: per-channel std")
+    p.add_argument("--mean", type=_float_list, nargs="+", action=_FlatList, default=None,
+                   help="ImageFolder: per-channel mean, e.g. 0.5,0.5,0.5 or 0.5 0.5 0.5")
+    p.add_argument("--std", type=_float_list, nargs="+", action=_FlatList, default=None,
+                   help="ImageFolder: per-channel std (commas or spaces)")
     p.add_argument("-a", "--arch", default="cResNet18", help="model architecture (see models registry)")
     p.add_argument("--log-dir", dest="log_dir", default=None, help="where runs go (default: ./runs)")
     p.add_argument("-j", "--workers", type=int, default=20, help="data loader worker processes")
@@ -53,7 +63,9 @@ def _add_general(p):
     p.add_argument("--seed", type=int, default=None, help="random seed; fixed seeds make CPU runs repeatable")
     p.add_argument("-p", "--print-freq", dest="print_freq", type=int, default=10, help="log every N batches")
     p.add_argument("--multigpu", type=_int_list, default=None, help="GPU ids to use, e.g. 0,1 (CPU if no CUDA)")
-    p.add_argument("--trainer", default="default", help="training loop (see trainers registry)")
+    p.add_argument("--trainer", default="default", help="training loop: default, lottery or ss")
+    p.add_argument("--lottery_epochs", type=int, default=6, help="--trainer lottery: dense epochs before the search")
+    p.add_argument("--ss_l1", type=float, default=1e-8, help="--trainer ss: weight of the sum of sigmoid(scores)")
     p.add_argument("--task", default="search", choices=TASKS, help="search a ticket or fine-tune one")
     p.add_argument("--low-data", dest="low_data", type=float, default=1.0, help="fraction of training data used")
     p.add_argument("--one-batch", dest="one_batch", action="store_true", help="use a single batch per epoch (debug)")
@@ -213,10 +225,10 @@ def _coerce(action, value, path):
     if value is None or action.type is None:
         return value
     try:
-        if isinstance(value, list) and action.nargs in ("+", "*"):
-            return [action.type(v) for v in value]
         if action.type in (_int_list, _float_list) and isinstance(value, list):
             return [int(v) if action.type is _int_list else float(v) for v in value]
+        if isinstance(value, list) and action.nargs in ("+", "*"):
+            return [action.type(v) for v in value]
         if action.type is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
         return action.type(value)

@@ -1,8 +1,8 @@
 """Run directory layout, logging, settings, TensorBoard and results.json.
 
-``<log-dir or runs>/<config stem>/<name>/prune_rate=<k>/<task>/`` holds log.txt,
-settings.txt, logs/ (TensorBoard), checkpoints/ and results.json. Only the main
-rank writes anything.
+``<log-dir or runs>/<config stem>/<name>/prune_rate=<k>/<task>/[width_mult=<w>/]``
+(the original's layout) holds log.txt, settings.txt, logs/ (TensorBoard),
+checkpoints/ and results.json. Only the main rank writes anything.
 """
 import json
 import logging
@@ -18,10 +18,33 @@ def run_root(cfg):
     return cfg.log_dir or "runs"
 
 
-def run_dir_for(cfg, task=None, prune_rate=None):
+def prune_rate_dir(cfg, prune_rate=None):
+    """``<root>/<config stem>/<name>/prune_rate=<k>``: the folder every task of one k shares.
+
+    ``<name>`` is --name, else the preset's ``name`` (``baseline`` in every shipped
+    preset), else ``default``; without --config the stem is ``no_config`` (the
+    original refuses to run without both).
+    """
     stem = os.path.splitext(os.path.basename(cfg.config))[0] if cfg.config else "no_config"
     k = cfg.prune_rate if prune_rate is None else prune_rate
-    return os.path.join(run_root(cfg), stem, cfg.name or "default", f"prune_rate={k}", task or cfg.task)
+    return os.path.join(run_root(cfg), stem, cfg.name or "default", f"prune_rate={k}")
+
+
+def run_dir_for(cfg, task=None, prune_rate=None):
+    """The run directory of ``task`` (default ``cfg.task``): the single place run paths are made.
+
+    As in the original: k is written as Python prints it (``0.1``, ``1.0``), a
+    ``width_mult=<w>`` level follows the task folder when --width-mult is not 1, and
+    train_full.py (``task="train_full"``, k forced to 1.0) runs in the folder of
+    ``--task`` (``search`` unless given), since the original names that folder
+    after ``args.task`` for both entry points.
+    """
+    folder = cfg.task if task == "train_full" else (task or cfg.task)
+    path = os.path.join(prune_rate_dir(cfg, prune_rate), folder)
+    width = getattr(cfg, "width_mult", 1.0)
+    if float(width) != 1.0:
+        path = os.path.join(path, f"width_mult={width}")
+    return path
 
 
 def config_dict(cfg):
