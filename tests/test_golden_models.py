@@ -277,7 +277,8 @@ def test_cli_run_writes_initial_state_of_the_seeded_network(tmp_path):
             "--init", "signed_constant", "-b", "32", "--low-data", "0.05", "--n_eval", "16", "--epochs", "1",
             "--seed", "5", "--log-dir", str(tmp_path), "--name", "init", "--workers", "0"]
     main_entry.main(argv)
-    ckpt_dir = os.path.join(str(tmp_path), "no_config", "init", "prune_rate=0.3", "search", "checkpoints")
+    ckpt_dir = os.path.join(str(tmp_path), "no_config", "init", "prune_rate=0.3", "search", "width_mult=0.125",
+                            "checkpoints")
     initial = load_checkpoint(os.path.join(ckpt_dir, "initial.state"))
     seed_all(5)
     direct = build_model(parse_config(argv), 10, 3, 32, DIGITS_MEAN, DIGITS_STD).state_dict()

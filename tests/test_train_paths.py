@@ -68,7 +68,8 @@ def common(tmp, *extra):
 
 
 def latest(tmp, k, task):
-    path = os.path.join(str(tmp), "no_config", "t", f"prune_rate={k}", task, "checkpoints", "model_latest.pth")
+    path = os.path.join(str(tmp), "no_config", "t", f"prune_rate={k}", task, "width_mult=0.125", "checkpoints",
+                        "model_latest.pth")
     return torch.load(path, weights_only=True)
 
 
@@ -88,7 +89,8 @@ def test_run_validates_on_the_original_epochs_and_keeps_discard_sets(tmp_path):
 
 def test_train_full_validates_every_10_epochs_early_on(tmp_path):
     train_full_entry.main(common(tmp_path, "--epochs", "3", "--val_every", "1", "--attack_type", "None"))
-    assert [h["epoch"] for h in latest(tmp_path, "1.0", "train_full")["history"]] == [0, 2]
+    history = latest(tmp_path, "1.0", "search")["history"]  # train_full runs in its --task folder
+    assert [h["epoch"] for h in history] == [0, 2]
 
 
 def test_gradient_edits_see_unscaled_gradients_under_a_grad_scaler():
