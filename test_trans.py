@@ -18,10 +18,8 @@ def main(argv=None):
     from trainers.transfer import run_transfer
     out = run_transfer(cfg)
     if cfg.r2s:
-        sys.stdout.write(f"R2S natural {out['natural_acc1']['mean']:.2f}, transferred PGD-20 (min) "
-                         f"{out['transfer_pgd20_min']['mean']:.2f}, PGD-20 through the switch "
-                         f"{out['switch_pgd20']['mean']:.2f}, EOT-PGD {out['eot_pgd']['mean']:.2f}, "
-                         f"worst case {out['worst_case']['mean']:.2f}\n")
+        from trainers.r2s_eval import summary_line
+        sys.stdout.write(summary_line(out) + "\n")
         return out
     for source, row in zip(out["sources"], out["matrix"]):
         sys.stdout.write(f"{source}: {[round(a, 2) for a in row]}\n")

@@ -56,18 +56,23 @@ def random_start(x, epsilon):
     return project(x, delta, epsilon)
 
 
-def input_gradient(model, x, delta, y, samples=1, loss_fn=None):
-    """Gradient of the mean cross-entropy (or ``loss_fn(logits, y)``) w.r.t. ``delta``
-    (averaged over ``samples`` forward passes: EOT for randomised models) and the
-    logits of the first pass."""
-    loss_fn = loss_fn or F.cross_entropy
+def input_gradient(model, x, delta, y, samples=1, loss_fn=None, reduction="mean"):
+    """Gradient w.r.t. ``delta`` of the cross-entropy, or of ``loss_fn(logits, y)``
+    (training passes its criterion), averaged over ``samples`` forward passes (EOT
+    for randomised models), and the logits of the first pass.
+
+    ``reduction`` (cross-entropy only): "mean" over the batch (training attacks, as
+    the original) or "sum" (each example's gradient then does not depend on the
+    batch it is in, which the compacted evaluation PGD relies on). Only the sign is
+    ever used.
+    """
     grad, first_logits = torch.zeros_like(delta), None
     scale = FP16_ATTACK_LOSS_SCALE if _fp16_autocast(x.device) else 1.0
     with input_grad_only(model), torch.enable_grad():
         for _ in range(samples):
             d = delta.detach().requires_grad_(True)
             logits = model(x + d)
-            loss = loss_fn(logits.float(), y)
+            loss = loss_fn(logits.float(), y) if loss_fn else F.cross_entropy(logits.float(), y, reduction=reduction)
             grad += torch.autograd.grad(loss * scale if scale != 1.0 else loss, d)[0]
             first_logits = logits.detach() if first_logits is None else first_logits
     return grad / (samples * scale), first_logits
@@ -87,38 +92,78 @@ def sign_step(x, delta, grad, step, epsilon):
     return project(x, delta + step * torch.nan_to_num(grad.sign(), nan=0.0), epsilon)
 
 
+def is_randomized(model):
+    """True when a forward pass of ``model`` is random: an R2S switch (``random_forward``)
+    or masks sampled at every pass (``SampleSubnetConv``). Early stop, which trusts one
+    forward pass, is then wrong (see ``pgd20``)."""
+    flag = getattr(model, "random_forward", None)
+    if flag is not None:
+        return bool(flag)
+    from models.conv_type import SampleSubnetConv
+    return any(isinstance(m, SampleSubnetConv) for m in model.modules())
+
+
+def _view(mask, like):
+    """A per-example boolean as a mask broadcastable to ``like``."""
+    return mask.view(-1, *[1] * (like.dim() - 1))
+
+
 @ATTACKS.register("pgd")
-def pgd(model, x, y, epsilon, step, iters, restarts=1, early_stop=False, eot_samples=1, loss_fn=None):
+def pgd(model, x, y, epsilon, step, iters, restarts=1, early_stop=False, eot_samples=1, compact=True, loss_fn=None):
     """PGD with uniform random start, ``iters`` steps of ``step``, ascending
     ``loss_fn(logits, y)`` (default: cross-entropy; training passes its criterion).
 
     early_stop (evaluation): at each step only examples still classified correctly
-    move, and the loop ends once none is. Across restarts the perturbation with
-    the highest per-example loss is kept.
+    move, and the loop ends once none is. ``compact`` then runs each step on the
+    still-active examples only (same perturbations: per-example gradients, model in
+    eval mode; the random start is drawn for the whole batch first, so the RNG use
+    is the same). Across restarts the perturbation kept per example is one that is
+    misclassified if any is, then the one with the highest loss.
     """
-    best_delta, best_loss = torch.zeros_like(x), None
+    best_delta, best_wrong, best_loss = None, None, None
     for _ in range(max(1, restarts)):
         delta = random_start(x, epsilon)
-        for _ in range(iters):
-            grad, logits = input_gradient(model, x, delta, y, eot_samples, loss_fn)
-            if early_stop:
-                active = (logits.argmax(1) == y).view(-1, *[1] * (x.dim() - 1))
-                if not active.any():
-                    break
-                delta = torch.where(active, sign_step(x, delta, grad, step, epsilon), delta)
-            else:
+        if early_stop:
+            delta = _early_stopped(model, x, y, delta, epsilon, step, iters, eot_samples, compact, loss_fn)
+        else:
+            for _ in range(iters):
+                grad, _ = input_gradient(model, x, delta, y, eot_samples, loss_fn)
                 delta = sign_step(x, delta, grad, step, epsilon)
         if restarts <= 1:
             return (x + delta).detach()
         with torch.no_grad():
-            loss = F.cross_entropy(model(x + delta).float(), y, reduction="none")
-        if best_loss is None:
-            best_delta, best_loss = delta, loss
-        else:
-            better = (loss >= best_loss).view(-1, *[1] * (x.dim() - 1))
-            best_delta = torch.where(better, delta, best_delta)
-            best_loss = torch.max(best_loss, loss)
+            logits = model(x + delta)
+        wrong, loss = logits.argmax(1) != y, _per_example_loss(logits, y)
+        if best_delta is None:
+            best_delta, best_wrong, best_loss = delta, wrong, loss
+            continue
+        # ties keep the later restart (as the original's >= on the loss)
+        better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss >= best_loss))
+        best_delta = torch.where(_view(better, x), delta, best_delta)
+        best_wrong, best_loss = best_wrong | wrong, torch.where(better, loss, best_loss)
     return (x + best_delta).detach()
+
+
+def _early_stopped(model, x, y, delta, epsilon, step, iters, eot_samples, compact, loss_fn=None):
+    """The early-stopped PGD loop from ``delta``; an example misclassified at a step never moves again."""
+    if not compact:
+        for _ in range(iters):
+            grad, logits = input_gradient(model, x, delta, y, eot_samples, loss_fn, "sum")
+            active = logits.argmax(1) == y
+            if not active.any():
+                break
+            delta = torch.where(_view(active, x), sign_step(x, delta, grad, step, epsilon), delta)
+        return delta
+    delta, idx = delta.clone(), torch.arange(len(y), device=y.device)
+    for _ in range(iters):
+        xa, da, ya = x[idx], delta[idx], y[idx]
+        grad, logits = input_gradient(model, xa, da, ya, eot_samples, loss_fn, "sum")
+        active = logits.argmax(1) == ya
+        if not active.any():
+            break
+        idx = idx[active]
+        delta[idx] = sign_step(xa[active], da[active], grad[active], step, epsilon)
+    return delta
 
 
 @ATTACKS.register("fgsm")
@@ -137,10 +182,12 @@ def fgsm_rs(model, x, y, epsilon):
     return (x + sign_step(x, delta, grad, 1.25 * epsilon, epsilon)).detach()
 
 
-def pgd20(model, x, y, epsilon, step=2 / 255, iters=20, restarts=1, eot_samples=1):
-    """The evaluation attack: PGD-20, step 2/255, per-example early stop."""
-    return pgd(model, x, y, epsilon, step, iters, restarts=restarts, early_stop=True,
-               eot_samples=eot_samples)
+def pgd20(model, x, y, epsilon, step=2 / 255, iters=20, restarts=1, eot_samples=1, compact=True):
+    """The evaluation attack: PGD-20, step 2/255, per-example early stop (compacted
+    batch, see ``pgd``). A randomised model (``is_randomized``) is attacked without
+    early stop: one random forward pass fooled says little about the next."""
+    return pgd(model, x, y, epsilon, step, iters, restarts=restarts, early_stop=not is_randomized(model),
+               eot_samples=eot_samples, compact=compact)
 
 
 def _per_example_loss(logits, y):

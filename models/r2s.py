@@ -12,8 +12,9 @@ draws one member uniformly at random and the whole batch goes through it. Each
 example still sees a uniformly random member, so expected accuracies equal those of
 per-example switching; per-batch costs one forward pass where per-example switching
 costs up to N, and it is what an attacker faces when querying the deployed model.
-An attacker's gradient is that of whichever member is drawn; EOT attacks average
-several draws (see ``trainers.r2s_eval``).
+An attacker's gradient is that of whichever member is drawn; the members are also
+exposed (``num_members``, ``member(j)``) so attacks can use them exactly (see
+``attacks.randomized``). An R2S model and its member views are always in eval mode.
 
 Computation: a dense twin of the architecture (every masked layer an ordinary conv)
 holds the shared weights; member i runs it through ``torch.func.functional_call``
@@ -109,22 +110,38 @@ class _Member(nn.Module):
             self.register_buffer(f"b{i}", bn[n])
 
 
-class MemberView(nn.Module):
-    """Member i of an R2S model as a model of its own (for attacks through one ticket)."""
+class _AlwaysEval(nn.Module):
+    """A module that is only ever evaluated: ``train()`` keeps it (and every submodule)
+    in eval mode. R2S members' BatchNorm statistics are overrides of one shared network:
+    a forward in train mode would rewrite them in place, and callers such as
+    ``evaluate()`` restoring a previous mode or torchattacks' ``model.train()`` would
+    otherwise switch the shared network for every member."""
+
+    def train(self, mode=True):
+        return super().train(False)
+
+
+class MemberView(_AlwaysEval):
+    """Member i of an R2S model as a model of its own (deterministic; for attacks through
+    one ticket). Its mode cannot be changed (see ``_AlwaysEval``)."""
+
+    random_forward = False  # see attacks.pgd.is_randomized
 
     def __init__(self, r2s, index):
         super().__init__()
         self.r2s, self.index = r2s, int(index)
+        self.eval()
 
     def forward(self, x):
         return self.r2s(x, member=self.index)
 
 
-class R2S(nn.Module):
+class R2S(_AlwaysEval):
     """One shared weight set, N masks; each forward pass draws one member (per batch).
 
     ``net`` is the dense twin holding the shared weights; ``members`` a list of
     (masks, bn) dicts; ``names``/``prune_rates`` describe the source tickets.
+    Always in eval mode (see ``_AlwaysEval``).
     """
 
     def __init__(self, net, members, names, prune_rates, model_config=None, data_info=None, seed=0):
@@ -143,10 +160,16 @@ class R2S(nn.Module):
         self.model_config, self.data_info = dict(model_config or {}), dict(data_info or {})
         self.forced = None
         self.generator = torch.Generator().manual_seed(int(seed))
+        self.eval()
 
     @property
     def num_members(self):
         return len(self.members)
+
+    @property
+    def random_forward(self):
+        """True while the switch draws a member per forward pass (no member forced)."""
+        return self.forced is None
 
     def reseed(self, seed):
         """Restart the switch's random draws (its own generator, not torch's global RNG)."""

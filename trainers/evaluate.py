@@ -20,13 +20,15 @@ EVAL_ATTACKS = Registry("evaluation attack")
 
 @EVAL_ATTACKS.register("pgd")
 def pgd20_attack(cfg):
-    """PGD-20, step 2/255, one restart, per-example early stop (robust accuracy)."""
+    """PGD-20, step 2/255, one restart, per-example early stop on the still-active examples
+    only (no early stop on a randomised model; see ``attacks.pgd.pgd20``)."""
     return functools.partial(pgd20, epsilon=cfg.epsilon / 255)
 
 
 @EVAL_ATTACKS.register("autoattack")
 def autoattack_attack(cfg):
-    """AutoAttack, standard version (torchattacks; imported only when used, see attacks.autoattack)."""
+    """AutoAttack: standard version, or rand on a randomised model (torchattacks, fp32;
+    imported only when used, see attacks.autoattack)."""
     from attacks.autoattack import autoattack_from_config
     return autoattack_from_config(cfg)
 

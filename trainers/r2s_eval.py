@@ -1,45 +1,47 @@
-"""Honest evaluation of an R2S model (``test_trans.py --r2s``).
+"""Honest evaluation of an R2S model (``test_trans.py --r2s``): the numbers of r2s.json.
+
+Accuracy of the random model is its expectation over the uniform switch: for each
+input, the fraction of members that classify it correctly, computed exactly by running
+every member (a draw per batch would add evaluation noise of the order of the gap
+between members; per-batch and per-example switching have the same expectation).
 
 Per batch of the evaluation set (``--n_eval`` examples):
 
-* each member ticket's PGD-20 examples are generated once (they do not depend on
-  the switch) and also give that ticket's own natural and white-box accuracy;
-* then, in each of ``--eval_passes`` passes (the attacks through the switch are
-  random, so we report the mean and spread over passes), the R2S model is evaluated
-  on: natural inputs; (1) PGD-20 transferred from each member (the paper's
-  setting); (2) PGD-20 through the random switch (each step's gradient is that of
-  whichever member is drawn, the paper's "adaptive" setting); (3) EOT-PGD:
-  ``--eot_steps`` steps of 2/255, each averaging the input gradient over
-  ``--eot_samples`` draws of the switch; (4) the worst case per example over all of
-  the above (the attacker picks the best attack for each example).
+* natural accuracy (each member's, and the switch's: their mean);
+* transfer from each member j (the paper's setting): ``transfer_paper`` uses the
+  paper's PGD-20 with per-example early stop (which also gives member j's own
+  white-box robust accuracy), ``transfer_strong`` PGD-20 without early stop keeping
+  each example's highest-source-loss iterate (``attacks.pgd.pgd_transfer``). Both are
+  deterministic given the seed: they run once (one pass);
+* in each of ``--eval_passes`` passes (the adaptive attacks' random starts and switch
+  draws differ), every attack of ``adaptive_attacks`` through the switch:
+  PGD-20 through the switch, EOT-PGD (exact over members when they are at most
+  ``--eot_samples``), PGD on the members' mean softmax, ARC, and with
+  ``--eval_attack autoattack`` AutoAttack ``rand`` (see ``attacks.randomized``);
+* the worst case per example: the minimum of its expected correctness over natural,
+  every transfer source of both protocols and every adaptive attack in every pass
+  (the attacker keeps, per example, whatever worked best). ``within_pass`` gives the
+  same minimum taken inside each pass, for the spread.
 
-Accuracy of the random model is its expectation over the switch: for each input,
-the fraction of members that classify it correctly (the switch is uniform). It is
-computed exactly, by running every member, instead of sampling one draw per batch,
-which would add evaluation noise of the order of the gap between members (and is
-the same expectation, so per-batch and per-example switching give equal numbers).
-The worst case per example is the minimum of that probability over the attacks.
-
-EOT-PGD moves every example at every step (no early stop: with a random model, one
-draw being fooled says little about the next draw) and returns, per example, the
-iterate that was strongest by its own estimate: the highest fraction of the step's
-draws misclassified, ties broken by the mean cross-entropy. (Returning the last
-iterate instead can be weaker than single-draw PGD-20, whose early stop keeps the
-first success, since sign steps of 2/255 oscillate inside a small ball.) Each
-evaluation of an adversarial input draws a fresh member.
+Each result is ``{"mean", "std", "per_pass"}`` (percent; sample std over passes) with
+a ``protocol`` dict (attack, steps, step size and epsilon in 0-255 pixel units, early
+stop, restarts, EOT samples and whether exact, passes, n_eval, seed).
 """
+import functools
 import logging
 import math
 import os
 
 import torch
-import torch.nn.functional as F
 
+from attacks.pgd import pgd20, pgd_transfer
+from attacks.randomized import RANDOMIZED_ATTACKS, expected_correct, member_logits
 from models.r2s import STRUCTURE_KEYS, R2S, build_r2s
-from attacks.pgd import input_grad_only, pgd20, random_start, sign_step
 
 log = logging.getLogger("rst")
-EOT_STEP = 2 / 255  # [0, 1] units, as PGD-20
+STEP = 2 / 255  # [0, 1] units: every PGD-type attack here, and ARC's local step
+TRANSFER = {"transfer_paper": pgd20, "transfer_strong": pgd_transfer}
+SELECTION = "per example the iterate with the lowest exact expected accuracy, then the highest mean cross-entropy"
 
 
 def r2s_from_tickets(tickets, info, seed=0):
@@ -52,59 +54,48 @@ def r2s_from_tickets(tickets, info, seed=0):
     return build_r2s([(t.name, t.prune_rate, t.model) for t in tickets], config, data_info, seed)
 
 
-def eot_estimate(model, x, delta, y, samples):
-    """Input gradient of the cross-entropy averaged over ``samples`` draws, and per example
-    the fraction of those draws misclassified and their mean cross-entropy."""
-    grad, wrong, loss = torch.zeros_like(delta), torch.zeros(len(y), device=x.device), 0.0
-    with input_grad_only(model), torch.enable_grad():
-        for _ in range(samples):
-            d = delta.detach().requires_grad_(True)
-            logits = model(x + d)
-            per_example = F.cross_entropy(logits.float(), y, reduction="none")
-            grad += torch.autograd.grad(per_example.mean(), d)[0]
-            wrong += (logits.detach().argmax(1) != y).float()
-            loss = loss + per_example.detach()
-    return grad / samples, wrong / samples, loss / samples
-
-
-def eot_pgd(model, x, y, epsilon, step, iters, samples):
-    """EOT-PGD: ``iters`` signed steps on the draw-averaged gradient; per example the
-    strongest iterate (see module docstring). Radii in [0, 1] units."""
-    delta = random_start(x, epsilon)
-    best = delta.clone()
-    best_wrong = torch.full((len(y),), -1.0, device=x.device)
-    best_loss = torch.full((len(y),), -float("inf"), device=x.device)
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    for i in range(iters + 1):
-        grad, wrong, loss = eot_estimate(model, x, delta, y, samples)
-        better = (wrong > best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
-        best = torch.where(better.view(shape), delta, best)
-        best_wrong, best_loss = torch.where(better, wrong, best_wrong), torch.where(better, loss, best_loss)
-        if i < iters:
-            delta = sign_step(x, delta, grad, step, epsilon)
-    return (x + best).detach()
-
-
-def correct(model, x, y):
-    with torch.no_grad():
-        return model(x).argmax(1) == y
-
-
-def expected_correct(r2s, x, y):
-    """Per example, the probability (over the uniform switch) of a correct prediction."""
-    return torch.stack([correct(r2s.member(j), x, y).float() for j in range(r2s.num_members)]).mean(0)
-
-
-def one_pass(r2s, x, y, transfer_examples, cfg):
-    """Per-example probability of a correct prediction of the switched model under every attack."""
+def adaptive_attacks(cfg, seed=0):
+    """name -> ``attack(model, x, y) -> x_adv`` for every attack through the switch (in order)."""
     eps = cfg.epsilon / 255
-    ok = {"natural": expected_correct(r2s, x, y),
-          "transfer": [expected_correct(r2s, x_adv, y) for x_adv in transfer_examples],
-          "switch_pgd20": expected_correct(r2s, pgd20(r2s, x, y, eps), y),
-          "eot_pgd": expected_correct(r2s, eot_pgd(r2s, x, y, eps, EOT_STEP, cfg.eot_steps, cfg.eot_samples),
-                                      y)}
-    ok["worst_case"] = torch.stack([ok["natural"], ok["switch_pgd20"], ok["eot_pgd"], *ok["transfer"]]).amin(0)
-    return ok
+    settings = {"switch_pgd20": {},
+                "eot_pgd": {"step": STEP, "iters": int(cfg.eot_steps), "samples": int(cfg.eot_samples)},
+                "ensemble_pgd": {"step": STEP, "iters": int(cfg.eot_steps)},
+                "arc": {"step": STEP, "iters": int(cfg.eot_steps)}}
+    if cfg.eval_attack == "autoattack":
+        settings["autoattack_rand"] = {"seed": int(seed), "steps": int(cfg.aa_steps)}
+    return {name: functools.partial(RANDOMIZED_ATTACKS.get(name), epsilon=eps, **kw)
+            for name, kw in settings.items()}
+
+
+def protocol(name, cfg, members, passes, n_eval, seed):
+    """What was run for the result ``name`` (epsilon and step sizes in 0-255 pixel units)."""
+    steps, exact = int(cfg.eot_steps), members <= int(cfg.eot_samples)
+    table = {
+        "transfer_paper": dict(attack="PGD-20 on each member (source), scored on the switch", steps=20,
+                               step_size=2.0, early_stop=True, eot_samples=None, passes=1,
+                               selection="first misclassifying iterate on the source (the paper's protocol)"),
+        "transfer_strong": dict(attack="PGD-20 on each member (source), scored on the switch", steps=20,
+                                step_size=2.0, early_stop=False, eot_samples=None, passes=1,
+                                selection="per example the iterate with the highest source loss"),
+        "switch_pgd20": dict(attack="PGD-20 through the random switch (one member drawn per step)", steps=20,
+                             step_size=2.0, early_stop=False, eot_samples=1, selection="last iterate"),
+        "eot_pgd": dict(attack="EOT-PGD on the expected cross-entropy over the switch", steps=steps,
+                        step_size=2.0, early_stop=False, eot_samples=members if exact else int(cfg.eot_samples),
+                        eot_exact=exact, selection=SELECTION),
+        "ensemble_pgd": dict(attack="PGD on the cross-entropy of the members' mean softmax", steps=steps,
+                             step_size=2.0, early_stop=False, eot_samples=members, eot_exact=True,
+                             selection=SELECTION),
+        "arc": dict(attack="ARC (Dbouk & Shanbhag 2022), L-inf, all members, uniform switch", steps=steps,
+                    step_size=2.0, rho=0.05 * cfg.epsilon, early_stop=False, eot_samples=members, eot_exact=True,
+                    selection="accepted point (expected accuracy never rises)"),
+        "autoattack_rand": dict(attack="AutoAttack rand (torchattacks: APGD-CE, APGD-DLR), each on every example",
+                                steps=int(cfg.aa_steps), step_size=None, early_stop=False, eot_samples=20,
+                                eot_exact=False, selection="per example the output with the lower expected accuracy"),
+    }
+    out = dict(table.get(name, {"attack": name}), epsilon=float(cfg.epsilon), restarts=1, n_eval=n_eval,
+               seed=int(seed))
+    out.setdefault("passes", passes)
+    return out
 
 
 def spread(values):
@@ -112,69 +103,116 @@ def spread(values):
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "passes": list(values)}
+    return {"mean": mean, "std": std, "per_pass": list(values)}
 
 
-class Counts:
-    """Sums of per-example correctness (probabilities for the switched model), per pass and member."""
+class Tally:
+    """Sums over examples of per-example expected correctness, per result and pass."""
 
-    def __init__(self, passes, members):
-        self.n = 0
-        self.member_natural, self.member_robust = [0] * members, [0] * members
-        self.passes = [{"natural": 0.0, "switch_pgd20": 0.0, "eot_pgd": 0.0, "worst_case": 0.0,
-                        "transfer": [0.0] * members} for _ in range(passes)]
+    def __init__(self, members, attacks, passes):
+        self.n, self.members, self.attacks, self.passes = 0, members, list(attacks), passes
+        self.member_natural, self.member_robust = [0.0] * members, [0.0] * members
+        self.natural, self.worst = 0.0, 0.0
+        self.transfer = {k: [0.0] * members for k in TRANSFER}
+        self.adaptive = {k: [0.0] * passes for k in self.attacks}
+        self.within = [0.0] * passes
 
-    def add(self, p, ok):
-        for key in ("natural", "switch_pgd20", "eot_pgd", "worst_case"):
-            self.passes[p][key] += float(ok[key].sum())
-        for j, t in enumerate(ok["transfer"]):
-            self.passes[p]["transfer"][j] += float(t.sum())
-
-    def pct(self, count):
-        return 100.0 * count / max(1, self.n)
+    def pct(self, total):
+        return 100.0 * total / max(1, self.n)
 
 
-def evaluate_r2s(r2s: R2S, loader, device, cfg, seed=0):
-    """The r2s.json numbers (accuracies in percent) for ``r2s`` on ``loader``."""
-    passes, members, eps = max(1, int(cfg.eval_passes)), r2s.num_members, cfg.epsilon / 255
-    counts = Counts(passes, members)
+def _transfer_batch(views, x, y, eps, tally, worst):
+    """Both transfer protocols from every member; updates ``tally``; returns the running worst case."""
+    for key, attack in TRANSFER.items():
+        for j, view in enumerate(views):
+            correct = member_logits(views, attack(view, x, y, eps)).argmax(2) == y
+            tally.transfer[key][j] += float(correct.double().mean(0).sum())
+            worst = torch.minimum(worst, correct.double().mean(0))
+            if key == "transfer_paper":
+                tally.member_robust[j] += float(correct[j].sum())
+    return worst
+
+
+def _evaluate_batch(r2s, views, x, y, cfg, attacks, tally):
+    """One batch: natural, transfer, then every adaptive attack in every pass (into ``tally``)."""
+    eps = cfg.epsilon / 255
+    clean = member_logits(views, x).argmax(2) == y
+    natural = clean.double().mean(0)
+    tally.natural += float(natural.sum())
+    for j in range(len(views)):
+        tally.member_natural[j] += float(clean[j].sum())
+    worst = _transfer_batch(views, x, y, eps, tally, natural)
+    overall = worst.clone()
+    for p in range(tally.passes):
+        within = worst.clone()
+        for name, attack in attacks.items():
+            ok = expected_correct(r2s, attack(r2s, x, y), y)
+            tally.adaptive[name][p] += float(ok.sum())
+            within = torch.minimum(within, ok)
+        tally.within[p] += float(within.sum())
+        overall = torch.minimum(overall, within)
+    tally.worst += float(overall.sum())
+    tally.n += len(y)
+
+
+def evaluate_r2s(r2s: R2S, loader, device, cfg, seed=0, attacks=None):
+    """The r2s.json numbers (accuracies in percent) for ``r2s`` on ``loader``.
+
+    ``attacks``: name -> attack through the switch (default ``adaptive_attacks(cfg, seed)``).
+    """
+    attacks = adaptive_attacks(cfg, seed) if attacks is None else attacks
+    tally = Tally(r2s.num_members, attacks, max(1, int(cfg.eval_passes)))
     r2s.eval().reseed(seed)
     r2s.force_member(None)
+    views = [r2s.member(j) for j in range(r2s.num_members)]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for batch, (x, y) in enumerate(loader):
-            x, y = x.to(device), y.to(device)
-            views = [r2s.member(j) for j in range(members)]
-            transfer = [pgd20(v, x, y, eps) for v in views]
-            for j, v in enumerate(views):
-                counts.member_natural[j] += int(correct(v, x, y).sum())
-                counts.member_robust[j] += int(correct(v, transfer[j], y).sum())
-            for p in range(passes):
-                counts.add(p, one_pass(r2s, x, y, transfer, cfg))
-            counts.n += len(y)
-            log.info("R2S batch %d: %d examples done", batch, counts.n)
-    return summarise(r2s, counts, cfg, seed)
+            _evaluate_batch(r2s, views, x.to(device), y.to(device), cfg, attacks, tally)
+            log.info("R2S batch %d: %d examples done", batch, tally.n)
+    return summarise(r2s, tally, cfg, seed)
 
 
-def summarise(r2s, counts, cfg, seed):
-    per_pass = counts.passes
-    transfer = {name: spread([counts.pct(p["transfer"][j]) for p in per_pass])
-                for j, name in enumerate(r2s.names)}
+def summarise(r2s, tally, cfg, seed):
+    """The r2s.json dict (see the module docstring)."""
+    def proto(name):
+        return protocol(name, cfg, tally.members, tally.passes, tally.n, seed)
+
+    results = {}
+    for key in TRANSFER:
+        per_member = [tally.pct(c) for c in tally.transfer[key]]
+        results[key] = {name: spread([v]) for name, v in zip(r2s.names, per_member)}
+        results[key]["protocol"] = proto(key)
+        results[f"{key}_min"] = dict(spread([min(per_member)]), protocol=dict(proto(key), reduction="min over sources"))
+    for name in tally.attacks:
+        results[name] = dict(spread([tally.pct(c) for c in tally.adaptive[name]]),
+                             protocol=proto(name))
     return {
-        "members": [{"file": name, "prune_rate": k, "natural_acc1": counts.pct(counts.member_natural[j]),
-                     "robust_acc1": counts.pct(counts.member_robust[j])}
+        "members": [{"file": name, "prune_rate": k, "natural_acc1": tally.pct(tally.member_natural[j]),
+                     "robust_acc1": tally.pct(tally.member_robust[j])}
                     for j, (name, k) in enumerate(zip(r2s.names, r2s.prune_rates))],
         "switching": "per forward pass (one member drawn per batch)",
         "accuracy": "expected over the uniform switch (every member evaluated), percent",
-        "natural_acc1": spread([counts.pct(p["natural"]) for p in per_pass]),
-        "transfer_pgd20": transfer,
-        "transfer_pgd20_min": spread([min(counts.pct(c) for c in p["transfer"]) for p in per_pass]),
-        "switch_pgd20": spread([counts.pct(p["switch_pgd20"]) for p in per_pass]),
-        "eot_pgd": spread([counts.pct(p["eot_pgd"]) for p in per_pass]),
-        "worst_case": spread([counts.pct(p["worst_case"]) for p in per_pass]),
-        "eot_samples": int(cfg.eot_samples), "eot_steps": int(cfg.eot_steps), "eval_passes": len(per_pass),
-        "epsilon": cfg.epsilon, "set": cfg.set, "n_eval": counts.n, "seed": int(seed),
+        "natural_acc1": spread([tally.pct(tally.natural)]),
+        "attacks": results,
+        "worst_case": {"mean": tally.pct(tally.worst),
+                       "within_pass": spread([tally.pct(c) for c in tally.within]),
+                       "protocol": ["natural", *TRANSFER, *tally.attacks],
+                       "reduction": "per example, min over attacks, transfer sources and passes"},
+        "eot_samples": int(cfg.eot_samples), "eot_steps": int(cfg.eot_steps), "eval_passes": tally.passes,
+        "eval_attack": cfg.eval_attack, "aa_steps": int(cfg.aa_steps), "epsilon": cfg.epsilon, "set": cfg.set,
+        "n_eval": tally.n, "seed": int(seed),
     }
+
+
+def summary_line(out):
+    """One line for the terminal: natural, transfer (both protocols), each adaptive attack, worst case."""
+    attacks = out["attacks"]
+    parts = [f"R2S natural {out['natural_acc1']['mean']:.2f}",
+             f"transfer min paper {attacks['transfer_paper_min']['mean']:.2f}",
+             f"strong {attacks['transfer_strong_min']['mean']:.2f}"]
+    parts += [f"{k} {v['mean']:.2f}" for k, v in attacks.items() if not k.startswith("transfer")]
+    return ", ".join(parts + [f"worst case {out['worst_case']['mean']:.2f}"])
 
 
 def disk_usage(r2s, path, tickets):

@@ -238,14 +238,15 @@ def run_r2s(cfg, run, tickets, skipped, info, loader, device):
     result = r2s_eval.evaluate_r2s(r2s, loader, device, cfg, seed)
     result.update(model_file=path, disk=r2s_eval.disk_usage(r2s, path, tickets), skipped=skipped)
     run.write_json("r2s.json", result)
-    members = result["members"]
+    members, attacks = result["members"], result["attacks"]
     plots.robust_vs_k([m["prune_rate"] for m in members], [m["natural_acc1"] for m in members],
                       [m["robust_acc1"] for m in members], run.path("robust_vs_k.png"),
                       robust_label=f"PGD-20 (eps {cfg.epsilon:g}/255)", title=f"tickets and R2S on {cfg.set}",
                       hlines={"R2S natural": result["natural_acc1"]["mean"],
-                              "R2S, PGD-20 transferred (min over members)": result["transfer_pgd20_min"]["mean"],
-                              "R2S, EOT-PGD": result["eot_pgd"]["mean"],
-                              "R2S, worst case": result["worst_case"]["mean"]})
+                              "R2S, PGD-20 transfer (strong, min over members)": attacks["transfer_strong_min"]["mean"],
+                              "R2S, PGD-20 transfer (paper, min over members)": attacks["transfer_paper_min"]["mean"],
+                              "R2S, worst case of all attacks": result["worst_case"]["mean"]})
+    log.info("%s", r2s_eval.summary_line(result))
     return result
 
 
