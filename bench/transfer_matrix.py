@@ -12,7 +12,7 @@ tickets and images (natural accuracy, one forward per ticket, is in every one):
 * ``one trajectory``: what test_trans.py does: one trajectory per source and batch
   gives both protocols' examples (``trainers.transfer.paper_and_strong``, N attacks).
 
-Prints one line per way and the ratios against ``one trajectory``.
+Repetitions are interleaved; prints the median per way and the ratios against ``one trajectory``.
 """
 import argparse
 import os
@@ -83,20 +83,19 @@ def main(argv=None):
     loader = list(make_loader(subset(data.val, cfg.n_eval or 100), cfg.test_batch_size, False, cfg))
     images = sum(len(y) for _, y in loader)
     eps = cfg.epsilon / 255
-    times = {}
-    for name, way in WAYS.items():
-        if name == "original" and own.skip_original:
-            continue
-        runs = []
-        for _ in range(own.reps):
+    ways = {n: w for n, w in WAYS.items() if not (n == "original" and own.skip_original)}
+    runs = {name: [] for name in ways}
+    for _ in range(own.reps):  # interleaved, so slow drifts of a shared machine hit every way alike
+        for name, way in ways.items():
             torch.manual_seed(0)
             start = time.perf_counter()
             natural(models, loader)
             way(models, loader, eps)
-            runs.append(time.perf_counter() - start)
-        times[name] = sorted(runs)[len(runs) // 2] * 100 / images
-        sys.stdout.write(f"{name:>15}: {times[name]:8.2f} s per 100 images ({len(models)} tickets, {images} "
-                         f"images, eps {cfg.epsilon:g}/255, {own.threads} thread(s))\n")
+            runs[name].append(time.perf_counter() - start)
+    times = {name: sorted(r)[len(r) // 2] * 100 / images for name, r in runs.items()}
+    for name, t in times.items():
+        sys.stdout.write(f"{name:>15}: {t:8.2f} s per 100 images (median of {own.reps}; {len(models)} tickets, "
+                         f"{images} images, eps {cfg.epsilon:g}/255, {own.threads} thread(s))\n")
     for name, t in times.items():
         if name != "one trajectory":
             sys.stdout.write(f"{name} / one trajectory = {t / times['one trajectory']:.2f}\n")

@@ -9,7 +9,7 @@ import os
 from utils.provenance import eval_protocol
 
 PROTOCOL_TITLES = {"strong": "strong: PGD-20, no early stop, highest-source-loss iterate",
-                   "paper": "paper: PGD-20 with early stop (the original's)"}
+                   "paper": "paper: PGD-20 with early stop, the original's"}
 # ticket-level evaluation: no R2S sampling, no selection split
 NOT_USED = {"eot_samples": None, "eot_steps": None, "passes": None, "val_split": None}
 
