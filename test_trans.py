@@ -3,9 +3,17 @@
     python test_trans.py --pretrained DIR/<net>_<k>.pth [--all_sources] [--r2s]
                          [--eval_attack autoattack] [--n_eval N]
 
-Writes transfer_matrix.{csv,json,png} and robust_vs_k.png (or, with --r2s,
-r2s.json, checkpoints/r2s.pth and robust_vs_k.png) in
-<log-dir>/<config stem>/<name>/prune_rate=<k>/transfer/.
+``--pretrained`` names the source ticket (every checkpoint in its folder is a
+target), or a folder with ``--all_sources`` / ``--r2s``. Writes, in
+<log-dir>/<config stem>/<name>/prune_rate=<k>/transfer/[width_mult=<w>/]: transfer_matrix.{csv,json,png}
+(both transfer protocols, ``strong`` and the original's ``paper``) for the source row
+or, with --all_sources, every row; with --r2s also r2s.json and checkpoints/r2s.pth;
+and robust_vs_k.png (R2S's when --r2s).
+
+stdout: first the original's lines, unchanged for scripts that parse them
+(``Robust Acc of <path>: <acc>`` per target and ``Acc list: [...]`` per source, the
+``paper`` protocol), then one labelled line per protocol and source; with --r2s,
+one line of R2S accuracies.
 """
 import sys
 
@@ -15,14 +23,15 @@ from utils.errors import cli_main
 
 def main(argv=None):
     cfg = parse_config(argv, prog="test_trans.py")
+    from trainers import transfer_files
     from trainers.transfer import run_transfer
     out = run_transfer(cfg)
+    if "matrices" in out:
+        lines = transfer_files.original_lines(out, cfg.pretrained) + transfer_files.protocol_lines(out)
+        sys.stdout.write("".join(line + "\n" for line in lines))
     if cfg.r2s:
         from trainers.r2s_eval import summary_line
-        sys.stdout.write(summary_line(out) + "\n")
-        return out
-    for source, row in zip(out["sources"], out["matrix"]):
-        sys.stdout.write(f"{source}: {[round(a, 2) for a in row]}\n")
+        sys.stdout.write(summary_line(out.get("r2s", out)) + "\n")
     return out
 
 

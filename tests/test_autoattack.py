@@ -164,6 +164,7 @@ def test_test_trans_evaluates_single_tickets_with_autoattack(tmp_path):
     out = test_trans.main(FLAGS + ["--pretrained", str(tmp_path / "net_0.9.pth"), "--eval_attack", "autoattack",
                                    "--aa_steps", "5", "--n_eval", "8", "--epsilon", "8", "--workers", "0",
                                    "--log-dir", str(tmp_path / "runs"), "--name", "aa"])
-    assert out["robust_attack"] == "autoattack" and len(out["matrix"]) == 1 and len(out["matrix"][0]) == 2
-    assert all(r < n for r, n in zip(out["robust_acc1"], out["natural_acc1"])), "the attack must do something"
-    assert out["robust_acc1"][0] <= out["matrix"][0][0] + 1e-9  # AutoAttack no weaker than PGD-20 on the source
+    paper = out["matrices"]["paper"]
+    assert out["robust_attack"] == "autoattack" and len(paper) == 1 and len(paper[0]) == 2
+    assert all(r <= n for r, n in zip(out["robust_acc1"], out["natural_acc1"]))
+    assert out["robust_acc1"][0] <= paper[0][0] + 1e-9  # AutoAttack no weaker than PGD-20 on the source

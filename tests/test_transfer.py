@@ -1,16 +1,21 @@
-"""test_trans.py: the source x target matrix under PGD-20 transfer (Digits, tiny tickets)."""
+"""test_trans.py: the source x target matrices under PGD-20 transfer, both protocols (Digits, tiny tickets)."""
 import csv
 import json
+import os
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import test_trans
+from attacks.pgd import pgd20, pgd_transfer
 from data import build_dataset, make_loader, subset
 from tests.helpers import run_cli
-from tests.test_r2s import FLAGS, make_ticket, save_ticket, shared_network, ticket_of
+from tests.test_r2s import FLAGS, digits, make_ticket, save_ticket, shared_network, ticket_of
 from trainers.evaluate import EVAL_ATTACKS, evaluate
-from trainers.transfer import compute_transfer, k_from_name, kept_fraction, load_tickets
+from trainers.transfer import (compute_transfer, k_from_name, kept_fraction, load_tickets, paper_and_strong,
+                               source_rows, transfer_sources)
 from utils.config import parse_config
 from utils.errors import cli_main
 
@@ -43,17 +48,31 @@ def test_cli_writes_the_full_matrix(ticket_dir, tmp_path):
     names = [t[0] for t in TICKETS]
     assert rep["files"] == sorted(names) and rep["sources"] == rep["files"]
     assert rep["prune_rates"] == [dict((t[0], t[1]) for t in TICKETS)[n] for n in rep["files"]]
-    matrix = rep["matrix"]
-    assert len(matrix) == 3 and all(len(row) == 3 for row in matrix)
-    assert [matrix[i][i] for i in range(3)] == rep["robust_acc1"]
+    paper, strong = rep["matrices"]["paper"], rep["matrices"]["strong"]
+    assert all(len(m) == 3 and all(len(row) == 3 for row in m) for m in (paper, strong))
+    assert [paper[i][i] for i in range(3)] == rep["robust_acc1"]
     assert rep["skipped"][0]["file"] == "notes.pth" and rep["n_eval"] == 16
+    assert rep["protocols"]["paper"]["early_stop"] is True and rep["protocols"]["strong"]["early_stop"] is False
+    for protocol in (rep["protocols"]["paper"], rep["protocols"]["strong"], rep["robust_protocol"]):
+        assert (protocol["epsilon"], protocol["steps"], protocol["step_size"], protocol["restarts"],
+                protocol["seed"], protocol["examples"]) == (1, 20, 2, 1, 0, 16)
     with open(run / "transfer_matrix.csv") as fh:
         rows = list(csv.reader(fh))
-    assert len(rows) == 5 and rows[1][0] == "natural" and len(rows[2]) == 4
-    assert abs(float(rows[2][1]) - matrix[0][0]) < 0.006
+    assert len(rows) == 8 and rows[1][1] == "natural" and len(rows[2]) == 5
+    assert [r[0] for r in rows[2:]] == ["strong"] * 3 + ["paper"] * 3
+    assert abs(float(rows[2][2]) - strong[0][0]) < 0.006 and abs(float(rows[5][3]) - paper[0][1]) < 0.006
     for png in ("transfer_matrix.png", "robust_vs_k.png"):
         assert (run / png).read_bytes()[:8] == PNG
-    assert len(proc.stdout.strip().splitlines()) == 3  # one printed list per source
+    # the original's lines first (paper protocol, paths as it built them), then one labelled line per row
+    out = proc.stdout.strip().splitlines()
+    assert len(out) == 3 * 4 + 6
+    for s, source in enumerate(rep["sources"]):
+        block = out[4 * s:4 * s + 4]
+        assert block[:3] == [f"Robust Acc of {os.path.join(str(ticket_dir), f)}: {paper[s][j]:f}"
+                             for j, f in enumerate(rep["files"])]
+        assert block[3] == f"Acc list: {paper[s]}"
+    assert out[12].startswith(f"strong transfer (PGD-20, no early stop") and rep["sources"][0] in out[12]
+    assert out[15].startswith(f"paper transfer (PGD-20 with early stop")
 
 
 def test_diagonal_is_each_tickets_white_box_pgd20_and_default_is_the_source_row(ticket_dir):
@@ -65,6 +84,7 @@ def test_diagonal_is_each_tickets_white_box_pgd20_and_default_is_the_source_row(
     assert [s["file"] for s in skipped] == ["notes.pth"]
     loader = make_loader(subset(data.val, 16), 8, False, cfg)
     rows, natural, robust = compute_transfer(cfg, tickets, [0, 1, 2], loader, device)
+    rows = rows["paper"]
     for s, ticket in enumerate(tickets):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(5)
@@ -72,7 +92,7 @@ def test_diagonal_is_each_tickets_white_box_pgd20_and_default_is_the_source_row(
         assert rows[s][s] == pytest.approx(white_box, abs=1e-9)
         assert robust[s] == rows[s][s] and robust[s] < natural[s]
     row, _, robust_default = compute_transfer(cfg, tickets, [1], loader, device)
-    assert row == [rows[1]] and robust_default == robust
+    assert row["paper"] == [rows[1]] and robust_default == robust
 
 
 def test_kept_fraction_from_metadata_then_file_name():
@@ -99,3 +119,58 @@ def test_bad_pretrained_is_a_one_line_error(case, extra, message, tmp_path, caps
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err
+
+
+@pytest.fixture(scope="module")
+def early_stop_fixture():
+    """Three tickets of one trained tiny network and 32 validation digits, at eps 4/255: PGD-20
+    fools every source example within a few steps, so the early stop matters."""
+    x, network = shared_network()
+    _, _, xv, yv = digits(n_train=1, n_val=32)
+    return [ticket_of(network, k, x, seed=i)[1] for i, k in enumerate((0.85, 0.9, 0.95))], xv, yv
+
+
+def test_one_trajectory_gives_exactly_pgd20_and_pgd_transfer(early_stop_fixture):
+    models, x, y = early_stop_fixture
+    x, y = x[:16], y[:16]
+    torch.manual_seed(7)
+    paper, strong = paper_and_strong(models[1], x, y, 4 / 255)
+    torch.manual_seed(7)
+    assert torch.equal(paper, pgd20(models[1], x, y, 4 / 255))
+    torch.manual_seed(7)
+    assert torch.equal(strong, pgd_transfer(models[1], x, y, 4 / 255))
+    assert not torch.equal(paper, strong), "the fixture must make the two protocols differ"
+
+
+def test_strong_transfer_accuracy_is_below_paper_where_early_stop_matters(early_stop_fixture):
+    models, x, y = early_stop_fixture
+    rows = source_rows(models[1], models, [(x, y)], torch.device("cpu"), 4 / 255, seed=0)
+    assert rows["paper"][1] == rows["strong"][1] == 0.0, "white-box: the source itself is fooled everywhere"
+    for target in (0, 2):  # other tickets: early-stopped examples sit just past the source's boundary
+        assert rows["strong"][target] <= rows["paper"][target] - 10, rows
+
+
+def test_all_sources_and_r2s_in_one_run(ticket_dir, tmp_path):
+    out = test_trans.main(FLAGS + ["--pretrained", str(ticket_dir), "--all_sources", "--r2s", "--n_eval", "8",
+                                   "--eot_samples", "2", "--eot_steps", "2", "--eval_passes", "1", "--epsilon", "2",
+                                   "--seed", "0", "--workers", "0", "--log-dir", str(tmp_path), "--name", "both"])
+    run = tmp_path / "no_config" / "both" / "prune_rate=0.0" / "transfer" / "width_mult=0.125"
+    with open(run / "transfer_matrix.json") as fh:
+        assert json.load(fh)["matrices"] == out["matrices"]
+    with open(run / "r2s.json") as fh:
+        r2s = json.load(fh)
+    assert r2s["natural_acc1"] == out["r2s"]["natural_acc1"]
+    protocol = r2s["eval_protocol"]  # the headline (worst case) number's protocol, next to it
+    assert protocol["epsilon"] == 2 and protocol["examples"] == 8 and protocol["headline"] == "worst_case"
+    assert "transfer_strong" in protocol["covers"] and "eot_pgd" in protocol["covers"]
+    assert len(out["matrices"]["strong"]) == 3 and (run / "checkpoints" / "r2s.pth").is_file()
+    for name in ("transfer_matrix.csv", "transfer_matrix.png", "robust_vs_k.png"):
+        assert (run / name).is_file()
+
+
+def test_sources_follow_the_mode():
+    tickets = [SimpleNamespace(path=f"/t/{n}_0.{n}.pth") for n in (1, 2, 3)]
+    mode = SimpleNamespace
+    assert transfer_sources(mode(all_sources=True), tickets, None) == [0, 1, 2]
+    assert transfer_sources(mode(all_sources=False), tickets, "/t/2_0.2.pth") == [1]  # --r2s with a file: its row too
+    assert transfer_sources(mode(all_sources=False), tickets, None) == []  # a folder with --r2s only

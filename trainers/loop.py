@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import torch
 
 from data import build_dataset, make_loader, subset
+from data.holdout import split_holdout
 from models import build_model, masked_layers
-from trainers import lottery, pruning, ss  # noqa: F401  (lottery, ss: register --trainer lottery / ss)
+from trainers import lottery, pruning, selection, ss  # noqa: F401  (lottery, ss: register --trainer lottery / ss)
 from trainers.evaluate import EVAL_ATTACKS, evaluate
 from trainers.optim import build_criterion, build_optimizer, check_optimizer
 from trainers.schedulers import LR_POLICIES, apply_free_imagenet, get_policy
@@ -24,6 +25,8 @@ from utils.checkpoint import (atomic_save, check_arch, extract_state_dict, load_
                               original_optimizer_state, remove_stale_temporaries)
 from utils.distributed import all_reduce_sum, barrier, broadcast_buffers, init_distributed, select_device, shutdown
 from utils.errors import UserError
+from utils.eval_checks import check_eval_settings
+from utils.provenance import main_protocol, protocol_changes
 from utils.run_dir import Run, config_dict, run_dir_for, setup_logging
 from utils.seed import gather_rng_states, get_rng_state, rng_for_rank, seed_all, set_rng_state
 
@@ -46,12 +49,14 @@ def run_main(cfg, entry="main"):
             apply_free_imagenet(cfg)
         check_names(cfg)
         trainer_hook(cfg, "check")(cfg, task, ctx)
+        check_eval_settings(cfg, entry)
         device, data, model = prepare(cfg, ctx)
         if entry == "train_full":
             set_trainable(model, weights=True, scores=False)
         else:
             setup_task(model, cfg, run_dir_for(cfg, task))
         resume = None if cfg.evaluate else load_resume(cfg, run_dir_for(cfg, task), model)
+        selection.check_same_split(cfg, resume)
         run = Run(cfg, ctx.is_main, task=task)
         if cfg.evaluate:
             return evaluate_only(cfg, ctx, run, device, data, model)
@@ -87,7 +92,7 @@ def prepare(cfg, ctx):
     """
     device = select_device(cfg, ctx)
     seed_all(cfg.seed)
-    data = build_dataset(cfg)
+    data = split_holdout(build_dataset(cfg), cfg.val_split)
     info = data.info
     seed_all(cfg.seed)
     model = build_model(cfg, cfg.num_classes or info.num_classes, info.in_channels, info.image_size,
@@ -100,9 +105,10 @@ def prepare(cfg, ctx):
     return device, data, model
 
 
-def validate(cfg, ctx, device, data, model, progress=False):
-    """Natural and (if an attack type is set, or asked) robust metrics on the val set."""
-    loader = make_loader(subset(data.val, cfg.n_eval), cfg.test_batch_size, False, cfg,
+def validate(cfg, ctx, device, data, model, progress=False, dataset=None):
+    """Natural and (if an attack type is set, or asked) robust metrics on ``dataset`` (default: the val set)."""
+    dataset = data.val if dataset is None else dataset
+    loader = make_loader(subset(dataset, cfg.n_eval), cfg.test_batch_size, False, cfg,
                          rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed or 0)
     # The bare module on every rank (no DDP collectives: val shards may differ by one
     # batch), with rank 0's BatchNorm statistics, the ones its checkpoint holds.
@@ -119,12 +125,13 @@ def validate(cfg, ctx, device, data, model, progress=False):
 
 
 def results_dict(cfg, run, state, epochs_done):
-    return {"task": run.task, "arch": cfg.arch, "set": cfg.set, "prune_rate": cfg.prune_rate,
-            "epochs_done": epochs_done, "natural_acc1": state.natural_acc1, "robust_acc1": state.robust_acc1,
-            "best_acc1": state.best_acc1 if state.best_acc1 >= 0 else None,
-            "natural_acc1_at_best_robustness": (state.natural_acc1_at_best_robustness
-                                                if cfg.attack_type else None),
-            "train_seconds": round(state.train_seconds, 3)}
+    """results.json: accuracies of the last epoch and of the selected one (see trainers.selection)
+    and the protocol that measured them."""
+    out = {"task": run.task, "arch": cfg.arch, "set": cfg.set, "prune_rate": cfg.prune_rate,
+           "epochs_done": epochs_done}
+    out.update(selection.result_fields(cfg, state))
+    out.update(train_seconds=round(state.train_seconds, 3), eval_protocol=main_protocol(cfg))
+    return out
 
 
 def evaluate_only(cfg, ctx, run, device, data, model):
@@ -132,13 +139,49 @@ def evaluate_only(cfg, ctx, run, device, data, model):
     natural, robust = validate(cfg, ctx, device, data, model, progress=True)
     state = TrainState(natural_acc1=natural["acc1"], robust_acc1=robust["acc1"] if robust else None)
     out = results_dict(cfg, run, state, 0)
-    out["best_acc1"] = None
+    out.update(best_acc1=None, best_epoch=None, best_natural_acc1=None, best_robust_acc1=None,
+               natural_acc1_at_best_robustness=None, selection=None)
     out["eval_attack"] = cfg.eval_attack if robust else None
     run.write_json("results.json", out)
     log.info("Natural Acc: %.2f, Robust Acc: %s", natural["acc1"],
              "n/a" if robust is None else f"{robust['acc1']:.2f}")
     run.close()
     return out
+
+
+def measure(s, model):
+    """``selection.select``'s validation: (natural, robust) of ``model`` (default: the one
+    given here) on ``dataset`` (default: the test split)."""
+    def measure_one(model=model, dataset=None):
+        return validate(s.cfg, s.ctx, s.device, s.data, model, dataset=dataset)
+    return measure_one
+
+
+def validate_and_select(s, state, epoch, train, lr, last):
+    """Validation of one epoch: selection split, test split where needed, log and scalars."""
+    holdout = getattr(s.data, "holdout", None)
+    natural, robust, is_best, test = selection.select(measure(s, s.net), state, epoch, train, holdout, last)
+    split = "test" if holdout is None else "holdout"
+    log.info("epoch %d lr %.4g train %.2f %s natural %.2f robust %s%s", epoch, lr, train["acc1"], split,
+             natural["acc1"], "n/a" if robust is None else f"{robust['acc1']:.2f}", " (best)" if is_best else "")
+    values = {f"{split}/natural_acc1": natural["acc1"], f"{split}/loss": natural["loss"],
+              f"{split}/robust_acc1": robust["acc1"] if robust else None}
+    if holdout is not None and test is not None:
+        log.info("epoch %d test natural %.2f robust %s", epoch, test["natural_acc1"],
+                 "n/a" if test["robust_acc1"] is None else f"{test['robust_acc1']:.2f}")
+        values.update({"test/natural_acc1": test["natural_acc1"], "test/robust_acc1": test["robust_acc1"]})
+    s.run.scalars(epoch, values)
+    return is_best
+
+
+def reevaluate_if_changed(s, state, resume):
+    """A resumed (or finished) run whose evaluation protocol differs from the checkpoint's
+    re-measures the latest and the best model instead of copying their numbers."""
+    saved = resume[1].get("config") if resume else None
+    if resume and protocol_changes(saved, s.cfg):
+        best = selection.load_best(unwrap(s.model), s.run.ckpt("model_best.pth"), strict=not s.cfg.not_strict)
+        selection.reevaluate(measure(s, s.model), state, s.cfg, saved, getattr(s.data, "holdout", None), best,
+                             s.device)
 
 
 def checkpoint_dict(cfg, model, optimizer, state, extra):
@@ -290,6 +333,7 @@ def fit(cfg, ctx, run, device, data, model, resume=None):
     s.optimizer = build_optimizer(cfg, model)
     s.set_lr, s.criterion = get_policy(s.optimizer, cfg), build_criterion(cfg)
     state = try_resume(cfg, resume, model, s.optimizer, s.extra, ctx)
+    reevaluate_if_changed(s, state, resume)
     if run.is_main:
         remove_stale_temporaries(run.ckpt_dir)
         if resume is None and run.task != "train_full":
@@ -352,13 +396,7 @@ def run_epoch(s, state, stop):
     last = epoch + 1 == cfg.epochs
     is_best = False
     if should_validate(epoch, cfg.epochs, cfg.val_every, train_full):
-        natural, robust = validate(cfg, ctx, s.device, s.data, s.net)
-        is_best = state.record(epoch, train, natural, robust)
-        log.info("epoch %d lr %.4g train %.2f natural %.2f robust %s%s", epoch, lr, train["acc1"],
-                 natural["acc1"], "n/a" if robust is None else f"{robust['acc1']:.2f}",
-                 " (best)" if is_best else "")
-        s.run.scalars(epoch, {"test/natural_acc1": natural["acc1"], "test/loss": natural["loss"],
-                              "test/robust_acc1": robust["acc1"] if robust else None})
+        is_best = validate_and_select(s, state, epoch, train, lr, last)
     s.run.scalars(epoch, {"train/loss": train["loss"], "train/acc1": train["acc1"], "lr": lr})
     state.end_epoch()
     state.train_seconds += time.time() - start

@@ -1,5 +1,5 @@
 """Transferability between tickets (test_trans.py): loading a folder of tickets,
-the source x target robust-accuracy matrix under PGD-20 transfer, and its files.
+the source x target robust-accuracy matrices under PGD-20 transfer, and R2S.
 
 A ticket folder holds checkpoints named ``<net>_<k>.pth`` (the original's layout)
 or written by main.py (which store ``prune_rate``, k = fraction kept, and the config).
@@ -7,31 +7,36 @@ k comes from the checkpoint's metadata, else from the file name; a file with
 neither is skipped with a warning. The model structure (arch, width, layer types)
 comes from the checkpoint's stored config when present, else from the command line.
 
-PGD-20 examples are generated once per source ticket on the evaluation set
-(``--n_eval`` examples, batch by batch, with the random starts seeded by ``--seed``)
-and every target is evaluated on them; the diagonal is each ticket's white-box
-PGD-20 accuracy. Every ticket's own robust accuracy (``--eval_attack``: PGD-20, or
-AutoAttack) is always measured, since robust_vs_k.png needs it; with PGD-20 the
-rows that ``--all_sources`` adds over the default (the source row) cost only
-forward passes.
+Two transfer protocols, both PGD-20 (step 2/255, one random start) on the source:
+``paper``, the original's, where each example stops moving once the source
+misclassifies it (so it sits just past the source's boundary and transfers poorly),
+and ``strong``, where every example moves for all 20 steps and keeps the iterate
+with the highest source loss. Both come from one trajectory per source and batch
+(``paper_and_strong``), generated once on the evaluation set (``--n_eval``
+examples, random starts seeded by ``--seed``) and evaluated by every target.
+Every ticket's own robust accuracy (white-box ``--eval_attack``: PGD-20, or
+AutoAttack) is always measured; with PGD-20 it is the paper matrix's diagonal.
 """
 import argparse
-import csv
 import logging
 import os
 import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from data import build_dataset, make_loader, subset
 from models import build_model, masked_layers
 from models.r2s import STRUCTURE_KEYS
-from trainers import r2s_eval
+from attacks.pgd import input_gradient, random_start, sign_step
+from trainers import r2s_eval, transfer_files
 from trainers.evaluate import EVAL_ATTACKS, evaluate
 from utils.checkpoint import atomic_save, check_arch, extract_state_dict, load_checkpoint, load_model_state
 from utils.distributed import DistContext, select_device
 from utils.errors import UserError
+from utils.eval_checks import check_eval_settings
+from utils.provenance import eval_protocol
 from utils.run_dir import Run, setup_logging
 from utils.seed import seed_all
 
@@ -39,6 +44,8 @@ log = logging.getLogger("rst")
 CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".state")
 # '<net>_<k>.pth': k is the number after the last underscore of the stem (0.01, 5e-2, 1)
 K_IN_NAME = re.compile(r"_((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
+PGD_STEP, PGD_ITERS = 2 / 255, 20  # the evaluation PGD-20 (attacks.pgd.pgd20), [0, 1] units
+PROTOCOLS = ("strong", "paper")     # transfer protocols, headline first (see paper_and_strong)
 
 
 @dataclass
@@ -145,6 +152,10 @@ def load_tickets(cfg, folder, info, device, source=None):
     return tickets, skipped
 
 
+def rng_fork(device):
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 def transfer_accuracy(source, targets, loader, device, attack, seed):
     """Top-1 accuracy (%) of each target on the adversarial examples of ``source``.
 
@@ -152,7 +163,7 @@ def transfer_accuracy(source, targets, loader, device, attack, seed):
     starts come from torch's RNG seeded with ``seed`` (the caller's RNG state is kept).
     """
     correct, total = torch.zeros(len(targets), dtype=torch.float64), 0
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with rng_fork(device):
         torch.manual_seed(seed)
         for x, y in loader:
             x, y = x.to(device), y.to(device)
@@ -164,17 +175,77 @@ def transfer_accuracy(source, targets, loader, device, attack, seed):
     return (100.0 * correct / max(1, total)).tolist()
 
 
+def paper_and_strong(source, x, y, epsilon, step=PGD_STEP, iters=PGD_ITERS):
+    """Both protocols' transfer examples from ONE PGD trajectory on ``source`` (radii in [0, 1]).
+
+    paper: where the original's early-stopped PGD-20 (``attacks.pgd.pgd20``) leaves each
+    example: the first iterate the source misclassifies (early stop freezes it there),
+    else the last. strong: the iterate with the highest source loss, start and last
+    included (``attacks.pgd.pgd_transfer``). Early stop only freezes examples, so until
+    an example is frozen both attacks take the same steps from the same random start:
+    one trajectory, one random draw, gives both (tests check equality with the two
+    functions), at the cost of the strong attack alone.
+    """
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    delta = random_start(x, epsilon)
+    paper, frozen = delta, torch.zeros(len(y), dtype=torch.bool, device=x.device)
+    strong, strong_loss = delta, None
+    for _ in range(iters):
+        grad, logits = input_gradient(source, x, delta, y)
+        wrong = logits.argmax(1) != y
+        paper = torch.where((wrong & ~frozen).view(shape), delta, paper)
+        frozen |= wrong
+        strong, strong_loss = keep_higher(delta, logits, y, strong, strong_loss)
+        delta = sign_step(x, delta, grad, step, epsilon)
+    with torch.no_grad():
+        strong, _ = keep_higher(delta, source(x + delta), y, strong, strong_loss)
+    paper = torch.where(frozen.view(shape), paper, delta)
+    return (x + paper).detach(), (x + strong).detach()
+
+
+def keep_higher(delta, logits, y, best, best_loss):
+    """Per example the perturbation with the higher source cross-entropy (ties: the later one)."""
+    loss = F.cross_entropy(logits.float(), y, reduction="none")
+    if best_loss is None:
+        return delta, loss
+    better = (loss >= best_loss).view(-1, *[1] * (delta.dim() - 1))
+    return torch.where(better, delta, best), torch.max(loss, best_loss)
+
+
+def source_rows(source, targets, loader, device, epsilon, seed):
+    """{protocol: accuracy (%) of each target} on ``source``'s transfer examples (see paper_and_strong)."""
+    correct = {p: torch.zeros(len(targets), dtype=torch.float64) for p in PROTOCOLS}
+    total = 0
+    with rng_fork(device):
+        torch.manual_seed(seed)
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            examples = dict(zip(("paper", "strong"), paper_and_strong(source, x, y, epsilon)))
+            with torch.no_grad():
+                for j, target in enumerate(targets):
+                    for p in PROTOCOLS:
+                        correct[p][j] += (target(examples[p]).argmax(1) == y).sum().item()
+            total += len(y)
+    return {p: (100.0 * c / max(1, total)).tolist() for p, c in correct.items()}
+
+
 def compute_transfer(cfg, tickets, sources, loader, device):
-    """Matrix rows for ``sources`` (indices) and each ticket's natural and own robust accuracy."""
-    seed, pgd = int(cfg.seed or 0), EVAL_ATTACKS.get("pgd")(cfg)
+    """({protocol: matrix rows for ``sources``}, natural accuracy, own robust accuracy) per ticket.
+
+    Own robust accuracy is white-box ``--eval_attack`` (PGD-20 by default: the paper
+    matrix's diagonal where the ticket is a source).
+    """
+    seed, eps, pgd = int(cfg.seed or 0), cfg.epsilon / 255, EVAL_ATTACKS.get("pgd")(cfg)
     models = [t.model for t in tickets]
     natural = [evaluate(m, loader, device, desc="natural")["acc1"] for m in models]
-    rows, robust = [], [None] * len(tickets)
+    rows, robust = {p: [] for p in PROTOCOLS}, [None] * len(tickets)
     for s, ticket in enumerate(tickets):
         if s in sources:
-            log.info("PGD-20 from %s -> every ticket", ticket.name)
-            rows.append(transfer_accuracy(ticket.model, models, loader, device, pgd, seed))
-            robust[s] = rows[-1][s]
+            log.info("PGD-20 (paper and strong) from %s -> every ticket", ticket.name)
+            row = source_rows(ticket.model, models, loader, device, eps, seed)
+            for p in PROTOCOLS:
+                rows[p].append(row[p])
+            robust[s] = row["paper"][s]
         elif cfg.eval_attack == "pgd":
             log.info("PGD-20 white-box on %s", ticket.name)
             robust[s] = transfer_accuracy(ticket.model, [ticket.model], loader, device, pgd, seed)[0]
@@ -182,49 +253,10 @@ def compute_transfer(cfg, tickets, sources, loader, device):
         attack = EVAL_ATTACKS.get(cfg.eval_attack)(cfg)
         for s, ticket in enumerate(tickets):
             log.info("%s on %s", cfg.eval_attack, ticket.name)
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with rng_fork(device):
                 torch.manual_seed(seed)
                 robust[s] = evaluate(ticket.model, loader, device, attack=attack, desc=cfg.eval_attack)["acc1"]
     return rows, natural, robust
-
-
-def label(ticket):
-    return f"{ticket.name} (k={ticket.prune_rate:g})"
-
-
-def transfer_report(cfg, tickets, sources, rows, natural, robust, skipped, n_eval):
-    return {"files": [t.name for t in tickets], "prune_rates": [t.prune_rate for t in tickets],
-            "natural_acc1": natural, "robust_acc1": robust, "robust_attack": cfg.eval_attack,
-            "sources": [tickets[s].name for s in sources], "matrix": rows,
-            "matrix_attack": "pgd20 transfer (step 2/255, one random start, early stop)",
-            "epsilon": cfg.epsilon, "set": cfg.set, "n_eval": n_eval, "seed": int(cfg.seed or 0),
-            "skipped": skipped}
-
-
-def write_csv(path, tickets, sources, rows, natural):
-    """Rows: natural accuracy, then one row per source; columns: target tickets."""
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["source \\ target"] + [label(t) for t in tickets])
-        writer.writerow(["natural"] + [f"{a:.2f}" for a in natural])
-        for s, row in zip(sources, rows):
-            writer.writerow([label(tickets[s])] + [f"{a:.2f}" for a in row])
-
-
-def write_transfer_files(run, cfg, tickets, sources, rows, natural, robust, skipped, n_eval):
-    """transfer_matrix.{json,csv,png} and robust_vs_k.png in the run directory."""
-    from utils import plots
-
-    report = transfer_report(cfg, tickets, sources, rows, natural, robust, skipped, n_eval)
-    run.write_json("transfer_matrix.json", report)
-    write_csv(run.path("transfer_matrix.csv"), tickets, sources, rows, natural)
-    plots.heatmap(rows, [label(tickets[s]) for s in sources], [label(t) for t in tickets],
-                  run.path("transfer_matrix.png"),
-                  title=f"robust accuracy (%) under PGD-20 transfer, eps {cfg.epsilon:g}/255, {cfg.set}")
-    attack_name = "PGD-20" if cfg.eval_attack == "pgd" else cfg.eval_attack
-    plots.robust_vs_k([t.prune_rate for t in tickets], natural, robust, run.path("robust_vs_k.png"),
-                      robust_label=f"{attack_name} (eps {cfg.epsilon:g}/255)", title=f"tickets on {cfg.set}")
-    return report
 
 
 def run_r2s(cfg, run, tickets, skipped, info, loader, device):
@@ -237,6 +269,9 @@ def run_r2s(cfg, run, tickets, skipped, info, loader, device):
     atomic_save(r2s.state(), path)
     result = r2s_eval.evaluate_r2s(r2s, loader, device, cfg, seed)
     result.update(model_file=path, disk=r2s_eval.disk_usage(r2s, path, tickets), skipped=skipped)
+    # the headline number's protocol: each attack's own is under attacks.<name>.protocol
+    result["eval_protocol"] = eval_protocol(cfg, attack="r2s_worst_case", val_split=None, examples=result["n_eval"],
+                                            headline="worst_case", covers=result["worst_case"]["protocol"])
     run.write_json("r2s.json", result)
     members, attacks = result["members"], result["attacks"]
     plots.robust_vs_k([m["prune_rate"] for m in members], [m["natural_acc1"] for m in members],
@@ -250,29 +285,50 @@ def run_r2s(cfg, run, tickets, skipped, info, loader, device):
     return result
 
 
+def transfer_sources(cfg, tickets, source):
+    """Indices of the source tickets: every ticket (--all_sources), the --pretrained file, or none
+    (a folder with --r2s only)."""
+    if cfg.all_sources:
+        return list(range(len(tickets)))
+    return [] if source is None else [source_index(tickets, source)]
+
+
+def source_index(tickets, source):
+    return [os.path.abspath(t.path) for t in tickets].index(source)
+
+
+def run_matrix(cfg, run, tickets, sources, skipped, loader, device):
+    """Both transfer matrices: computed, written (json, csv, png), and the original's lines logged."""
+    rows, natural, robust = compute_transfer(cfg, tickets, sources, loader, device)
+    report = transfer_files.write_transfer_files(run, cfg, tickets, sources, rows, natural, robust, skipped,
+                                                 len(loader.dataset), robust_vs_k=not cfg.r2s)
+    for line in transfer_files.original_lines(report, cfg.pretrained) + transfer_files.protocol_lines(report):
+        log.info("%s", line)
+    return report
+
+
 def run_transfer(cfg):
-    """test_trans.py: the transfer matrix (default: the source row) or, with --r2s, R2S."""
+    """test_trans.py: the transfer matrices (the source row, or every row with --all_sources)
+    and, with --r2s, the R2S report. Returns the transfer report (with the R2S report
+    under "r2s" when both ran), or the R2S report alone."""
     setup_logging()
+    check_eval_settings(cfg, "test_trans")
     seed_all(cfg.seed)
     device = select_device(cfg, DistContext())
     folder, source = resolve_pretrained(cfg)
     EVAL_ATTACKS.get(cfg.eval_attack)
     data = build_dataset(cfg)
     tickets, skipped = load_tickets(cfg, folder, data.info, device, source)
-    index = {os.path.abspath(t.path): i for i, t in enumerate(tickets)}
-    if source is not None:
-        cfg.prune_rate = tickets[index[source]].prune_rate  # run directory .../prune_rate=<source k>/transfer
+    sources = transfer_sources(cfg, tickets, source)
+    if source is not None:  # run directory .../prune_rate=<source k>/transfer
+        cfg.prune_rate = tickets[source_index(tickets, source)].prune_rate
     loader = make_loader(subset(data.val, cfg.n_eval), cfg.test_batch_size, False, cfg, seed=cfg.seed or 0)
     run = Run(cfg, True, task="transfer")
     try:
+        report = run_matrix(cfg, run, tickets, sources, skipped, loader, device) if sources else None
         if cfg.r2s:
-            return run_r2s(cfg, run, tickets, skipped, data.info, loader, device)
-        sources = list(range(len(tickets))) if cfg.all_sources else [index[source]]
-        rows, natural, robust = compute_transfer(cfg, tickets, sources, loader, device)
-        report = write_transfer_files(run, cfg, tickets, sources, rows, natural, robust, skipped,
-                                      len(loader.dataset))
-        for s, row in zip(sources, rows):
-            log.info("robust accuracy under PGD-20 from %s: %s", tickets[s].name, [round(a, 2) for a in row])
+            r2s = run_r2s(cfg, run, tickets, skipped, data.info, loader, device)
+            report = r2s if report is None else dict(report, r2s=r2s)
         log.info("results in %s", run.dir)
         return report
     finally:

@@ -90,6 +90,9 @@ def _add_optim(p):
     p.add_argument("--multistep", type=int, nargs="*", default=None,
                    help="multistep_lr milestones in epochs: x0.1 at the first, x0.01 at the second")
     p.add_argument("--val_every", type=int, default=3, help="validate every N epochs (and at the last)")
+    p.add_argument("--val_split", type=float, default=None,
+                   help="hold out this fraction of the TRAINING set (seeded, stratified) and pick the best epoch "
+                        "on it; default: off, the best epoch is picked on the test split as in the paper")
     p.add_argument("--save_every", type=int, default=-1,
                    help="write checkpoints/model_latest.pth every N epochs (N <= 0, the default -1: every "
                         "epoch), and always after the last epoch, a new best and on SIGTERM; a kill -9 "

@@ -1,0 +1,61 @@
+"""Evaluation settings a user can get wrong: out-of-range values, and flags the chosen mode ignores.
+
+``check_eval_settings(cfg, entry)`` runs in each entry point before anything is
+written, so a bad value is one ``error:`` line (exit 2) and never a traceback
+after the run directory or a checkpoint exists. Only flags typed on the command
+line count as "given" (``cfg.given``): a YAML preset shared by several entry points
+may set keys that one of them does not use.
+"""
+from utils.errors import UserError
+
+AT_LEAST_ONE = ("eot_samples", "eot_steps", "aa_steps", "eval_passes", "n_eval")
+R2S_ONLY = ("eot_samples", "eot_steps", "eval_passes")
+
+
+def check_ranges(cfg):
+    eps = cfg.epsilon
+    if not 0 <= eps <= 255:  # also refuses NaN
+        raise UserError(f"--epsilon is in 0-255 pixel units (8 means 8/255), got {eps:g}")
+    for dest in AT_LEAST_ONE:
+        value = getattr(cfg, dest, None)
+        if value is not None and value < 1:
+            raise UserError(f"--{dest} must be at least 1, got {value}")
+    split = getattr(cfg, "val_split", None)
+    if split is not None and not 0 < split < 1:
+        raise UserError(f"--val_split is the fraction of the training set held out for model selection, "
+                        f"in (0, 1); got {split:g}")
+
+
+def ignored_flags(cfg, entry):
+    """``[(flag, why), ...]`` for given flags that ``entry`` ('main', 'train_full', 'test_trans')
+    would not use with the other settings."""
+    given = set(getattr(cfg, "given", ()))
+    autoattack = cfg.eval_attack == "autoattack"
+    out = []
+    if entry == "test_trans":
+        if not cfg.r2s:
+            out += [(d, "it is used only with --r2s") for d in R2S_ONLY if d in given]
+        if "val_split" in given:
+            out.append(("val_split", "it selects the best epoch while training (main.py); test_trans.py "
+                                     "evaluates the test split"))
+    else:
+        out += [(d, "it is a test_trans.py flag") for d in ("all_sources", "r2s") if d in given]
+        out += [(d, "it is used only by test_trans.py --r2s") for d in R2S_ONLY if d in given]
+        if "eval_attack" in given and not cfg.attack_type:
+            out.append(("eval_attack", f"{entry}.py measures robust accuracy only with --attack_type"))
+        if "val_split" in given and cfg.evaluate:
+            out.append(("val_split", "it selects the best epoch while training; --evaluate evaluates the "
+                                     "test split"))
+        autoattack = autoattack and bool(cfg.attack_type)
+    if "aa_steps" in given and not autoattack:
+        out.append(("aa_steps", "it is used only with --eval_attack autoattack"
+                                + ("" if entry == "test_trans" else " and an --attack_type")))
+    return out
+
+
+def check_eval_settings(cfg, entry):
+    """UserError for a bad value or a flag this run would silently ignore."""
+    check_ranges(cfg)
+    ignored = ignored_flags(cfg, entry)
+    if ignored:
+        raise UserError("; ".join(f"--{flag} would be ignored: {why}" for flag, why in ignored))
