@@ -46,6 +46,7 @@ def build_parser():
     p.add_argument("--dry-run", action="store_true", help="list every point, its state and command; run nothing")
     p.add_argument("--slurm", action="store_true", help="write sbatch --array scripts per stage (run nothing here)")
     p.add_argument("--submit", action="store_true", help="with --slurm: submit them (needs sbatch)")
+    p.add_argument("--jobs", type=int, default=1, help="points of a stage run at once (each with cores/jobs threads)")
     p.add_argument("--spawn", action="store_true", help="start a fresh interpreter per point instead of forking")
     p.add_argument("--collect-only", action="store_true", help="only collect finished points and draw")
     p.add_argument("--prepare", default=None, help=argparse.SUPPRESS)  # SLURM: set up a stage (ticket links)
@@ -133,7 +134,8 @@ def main(argv=None):
         log.info("%s: %d points; budget: %s", spec["path"], len(points), spec.get("budget", "not stated"))
         prepare = (lambda stage: link_tickets(spec, points, fig_dir) if stage == "transfer" else None)
         start = time.time()
-        runner.run_points(points, fig_dir, prepare if args.figure == "application" else None, args.spawn)
+        runner.run_points(points, fig_dir, prepare if args.figure == "application" else None, args.spawn,
+                          args.jobs)
         log.info("%s: all %d points finished in %s", args.figure, len(points),
                  runner._duration(time.time() - start))
     collect(args, spec, fig_dir, all_points)

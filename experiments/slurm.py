@@ -26,7 +26,8 @@ def _header(name, options, log_dir, array=None, gpus=True):
         lines.append(f"#SBATCH --array=0-{array - 1}")
     lines += [f"#SBATCH --time={options['time'] if gpus else options['collect_time']}",
               f"#SBATCH --cpus-per-task={options['cpus_per_task'] if gpus else 2}",
-              f"#SBATCH --mem={options['mem']}", f"#SBATCH --output={log_dir}/%x-%A_%a.out"]
+              f"#SBATCH --mem={options['mem']}",
+              f"#SBATCH --output={log_dir}/%x-{'%A_%a' if array is not None else '%j'}.out"]
     if gpus:
         lines += [f"#SBATCH --gpus={options['gpus']}", "#SBATCH --signal=TERM@120", "#SBATCH --requeue"]
     lines += [f"#SBATCH --partition={options['partition']}"] * bool(options.get("partition"))
@@ -65,13 +66,16 @@ def collect_script(name, options, log_dir, fig_args):
 
 
 def submit_script(files):
-    """Submit in order; each job waits for the previous one (afterok)."""
-    lines = ["#!/bin/bash", "# Submits the figure's stages in order; each waits for the previous (afterok).",
+    """Submit in order: each stage waits for the previous one to succeed (afterok); the last
+    file, the collect job, runs once the last stage ends either way (afterany) and draws what finished."""
+    lines = ["#!/bin/bash", "# Submits the figure's stages in order: each stage after the previous one succeeded",
+             "# (afterok); the collect job after the last stage ended (afterany). Rerunning is safe.",
              "set -euo pipefail", 'cd "$(dirname "$0")"', "dep=()"]
     for i, f in enumerate(files):
         lines += [f'j{i}=$(sbatch --parsable ${{dep[@]+"${{dep[@]}}"}} {shlex.quote(os.path.basename(f))})',
-                  f'j{i}="${{j{i}%%;*}}"', f'echo "{os.path.basename(f)}: job $j{i}"',
-                  f'dep=(--dependency=afterok:"$j{i}")']
+                  f'j{i}="${{j{i}%%;*}}"', f'echo "{os.path.basename(f)}: job $j{i}"']
+        if i + 1 < len(files):
+            lines.append(f'dep=(--dependency={"afterany" if i + 2 == len(files) else "afterok"}:"$j{i}")')
     return "\n".join(lines) + "\n"
 
 
