@@ -52,10 +52,12 @@ def k_panel(ax, panel):
 
 
 def k_panels(path, panels, suptitle=""):
-    """One row of k-panels side by side."""
-    fig = _figure(4.6 * len(panels), 4.2)
+    """k-panels side by side, three to a row."""
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = _figure(4.6 * cols, 4.2 * rows)
     for i, panel in enumerate(panels):
-        k_panel(fig.add_subplot(1, len(panels), i + 1), panel)
+        k_panel(fig.add_subplot(rows, cols, i + 1), panel)
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()

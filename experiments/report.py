@@ -119,7 +119,8 @@ def application(spec, points, fig_dir):
     dense = rows_by(rows, variant="dense AT")[0]
     r2s = rows_by(rows, variant="r2s")[0]
     groups = [("dense AT", [("natural", dense.get(NATURAL)), ("PGD-20 (white-box)", dense.get(ROBUST))]),
-              ("R2S", [("natural", r2s.get("r2s_natural")), ("PGD-20 transferred (paper)", r2s.get("r2s_transfer_paper")),
+              ("R2S", [("natural", r2s.get("r2s_natural")),
+                       ("PGD-20 transferred (paper)", r2s.get("r2s_transfer_paper")),
                        ("PGD-20 transferred (strong)", r2s.get("r2s_transfer_strong")),
                        ("worst case (adaptive)", r2s.get("r2s_worst_case"))])]
     table = [[g] + [v for _, v in items] + [None] * (4 - len(items)) for g, items in groups]
@@ -130,6 +131,11 @@ def application(spec, points, fig_dir):
         faint = {"dense AT": [("natural", arch_dense.get("natural")), ("PGD-20 (white-box)", arch_dense.get("robust"))],
                  "R2S": [("natural", ref["natural"]), ("PGD-20 transferred (paper)", ref["transfer"])]}
         table += [["paper " + g] + [v for _, v in items] + [None] * (4 - len(items)) for g, items in faint.items()]
+    if spec.get("paper_overlay"):
+        sections.append(("paper", f"transfer between tickets of different k: {paper.TRANSFER['offdiag'][0]:g}-"
+                                  f"{paper.TRANSFER['offdiag'][1]:g}% robust accuracy off the diagonal vs "
+                                  f"{paper.TRANSFER['diag'][0]:g}-{paper.TRANSFER['diag'][1]:g}% on it "
+                                  f"({paper.SOURCE})"))
     sections.insert(0, ("R2S vs dense adversarial training",
                         md_table(["model", "natural", "PGD-20 (white-box / transferred, paper protocol)",
                                   "PGD-20 transferred (strong)", "worst case (strongest adaptive)"], table)))
