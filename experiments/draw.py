@@ -6,6 +6,8 @@ with ``style`` a dict of matplotlib line options; ``hlines``: list of
 paper's values (``("curve", label, ks, values)`` or ``("hline", label, value)``),
 drawn pale; ``ylabel``.
 """
+import textwrap
+
 FAINT = {"alpha": 0.35, "linewidth": 1.0}
 
 
@@ -59,7 +61,7 @@ def k_panels(path, panels, suptitle=""):
     for i, panel in enumerate(panels):
         k_panel(fig.add_subplot(rows, cols, i + 1), panel)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=9)
+        fig.suptitle(textwrap.fill(suptitle, 75 * cols), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
@@ -122,7 +124,7 @@ def application_figure(path, matrix, r2s_groups, paper_groups=None, suptitle="")
         left.text(0.5, 0.5, "transfer matrix not finished", ha="center")
     bars(fig.add_subplot(1, 2, 2), r2s_groups, "R2S vs dense adversarial training", paper_groups)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=9)
+        fig.suptitle(textwrap.fill(suptitle, 150), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
