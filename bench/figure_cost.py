@@ -22,7 +22,6 @@ cifar10 specs (CIFAR-10: 50,000 training and 10,000 test images):
 """
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
