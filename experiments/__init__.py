@@ -1,0 +1,1 @@
+"""The paper's three figures as experiments: ``python experiments/figures.py --help``."""

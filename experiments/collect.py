@@ -1,0 +1,153 @@
+"""Collecting finished points into rows: ``<figure>.csv`` and ``<figure>.md``.
+
+Training points (results.json): natural and robust accuracy at the best epoch
+(``natural_acc1_at_best_robustness`` / ``best_acc1``, the epoch with the highest
+PGD-20 accuracy on the evaluation split: the paper's protocol), the last
+validation's ``natural_acc1``/``robust_acc1``, and any ``last_*`` keys. Transfer
+points: the matrix (``matrix_strong`` if the file has it, else ``matrix``, the
+paper's early-stopped PGD-20; the row says which) and the R2S accuracies.
+An unfinished point gives a row with empty metrics.
+"""
+import csv
+import json
+import os
+
+from experiments.runner import point_status
+
+SETTINGS = ("set", "arch", "width_mult", "init", "conv_type", "epochs", "batch_size", "lr", "lr_policy",
+            "attack_type", "attack_iters", "epsilon", "n_eval", "seed")
+TRAIN_METRICS = ("natural_acc1_at_best_robustness", "best_acc1", "natural_acc1", "robust_acc1")
+
+
+def _get(data, dotted, default=None):
+    """``data['a']['b']`` for 'a.b'; a number, or a dict's 'mean'."""
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return default
+        data = data[part]
+    if isinstance(data, dict):
+        data = data.get("mean")
+    return data if isinstance(data, (int, float)) else default
+
+
+def read_json(path):
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def r2s_metrics(data):
+    """R2S accuracies: today's keys, or the rewritten file's ``attacks.*`` keys."""
+    return {"r2s_natural": _get(data, "natural_acc1"),
+            "r2s_transfer_paper": _get(data, "attacks.transfer_paper_min", _get(data, "transfer_pgd20_min")),
+            "r2s_transfer_strong": _get(data, "attacks.transfer_strong_min"),
+            "r2s_worst_case": _get(data, "worst_case")}
+
+
+def matrix_of(data):
+    """(which, prune_rates, rows): the strong matrix if present, else the paper's."""
+    which = "strong" if data.get("matrix_strong") else "paper"
+    rows = data.get("matrix_strong") or data.get("matrix") or []
+    return which, [float(k) for k in data.get("prune_rates", [])], rows
+
+
+def transfer_metrics(data):
+    which, ks, rows = matrix_of(data)
+    off = [a for i, row in enumerate(rows) for j, a in enumerate(row) if i != j]
+    diag = [row[i] for i, row in enumerate(rows) if i < len(row)]
+    mean = (lambda xs: sum(xs) / len(xs) if xs else None)
+    return {"matrix": which, "tickets": len(ks), "offdiag_mean": mean(off), "offdiag_min": min(off, default=None),
+            "diag_mean": mean(diag)}
+
+
+def point_row(point, figure):
+    """One CSV row: the point's place in the figure, settings, metrics, run directory and command."""
+    cfg = point.config()
+    row = {"figure": figure, "id": point.id, **point.fields, "task": point.task}
+    row.update({k: getattr(cfg, k, None) for k in SETTINGS})
+    status = point_status(point)
+    data = read_json(point.result_path()) if status == "done" else None
+    row["status"] = status
+    if data is not None and point.result == "results.json":
+        row.update({k: data.get(k) for k in TRAIN_METRICS})
+        row.update({k: v for k, v in data.items() if k.startswith("last_") and isinstance(v, (int, float))})
+        row["epochs_done"], row["train_seconds"] = data.get("epochs_done"), data.get("train_seconds")
+    elif data is not None and point.result == "r2s.json":
+        row.update(r2s_metrics(data))
+    elif data is not None:
+        row.update(transfer_metrics(data))
+    row["run_dir"], row["command"] = point.run_dir(), point.command()
+    return row
+
+
+def write_csv(path, rows):
+    columns = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    for tail in ("run_dir", "command"):  # long columns last
+        if tail in columns:
+            columns.remove(tail)
+            columns.append(tail)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv(row.get(k)) for k in columns})
+
+
+def write_matrix_csv(path, data):
+    which, ks, rows = matrix_of(data)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([f"source k \\ target k ({which} transfer)"] + [f"{k:g}" for k in ks])
+        writer.writerow(["natural"] + [_csv(a) for a in data.get("natural_acc1", [])])
+        for k, row in zip(ks, rows):
+            writer.writerow([f"{k:g}"] + [_csv(a) for a in row])
+
+
+def _csv(value):
+    return f"{value:.6g}" if isinstance(value, float) else ("" if value is None else value)
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return "" if value is None else value
+
+
+def md_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(_fmt(c)) if c is not None else "–" for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_md(path, title, sections):
+    """``sections``: list of (heading, text) pairs."""
+    with open(path, "w") as fh:
+        fh.write(f"# {title}\n\n")
+        for heading, text in sections:
+            fh.write(f"## {heading}\n\n{text}\n\n")
+    return path
+
+
+def rows_by(rows, **match):
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+def curve(rows, metric):
+    """Sorted (k, value) pairs of rows with a value for ``metric``."""
+    pts = sorted((float(r["k"]), r[metric]) for r in rows if r.get(metric) is not None)
+    return [k for k, _ in pts], [v for _, v in pts]
+
+
+def first_value(rows, metric):
+    for r in rows:
+        if r.get(metric) is not None:
+            return r[metric]
+    return None
+
+
+def result_of(point):
+    return read_json(point.result_path()) if os.path.isfile(point.result_path()) else None

@@ -1,0 +1,146 @@
+"""The paper's three figures, one command each (see README, "Paper figures").
+
+    python experiments/figures.py {existence,property,application} --profile {smoke,digits,cifar10}
+                                  [--out DIR] [--dry-run] [--slurm [--submit]] [--ablation NAME]
+
+Runs every point of the figure that is not finished yet (ordinary runs of main.py,
+train_full.py and test_trans.py, resumable), then writes DIR/<figure>/<figure>.csv,
+.md and .png. DIR defaults to runs/figures/<profile>. Commands run from the
+repository root; relative paths in them are relative to it.
+"""
+import argparse
+import logging
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+# run as a script: import the project's packages, not this folder's modules by bare name
+sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or ".") not in (HERE, ROOT)]
+
+from experiments import report, runner, slurm  # noqa: E402
+from experiments.points import ABLATIONS, STAGES, figure_points, link_tickets  # noqa: E402
+from experiments.spec import FIGURES, PROFILES, load_spec, unique_points  # noqa: E402
+from utils.errors import UserError, cli_main  # noqa: E402
+from utils.run_dir import setup_logging  # noqa: E402
+
+log = logging.getLogger("rst.figures")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"figures.py: {message} (see --help)")
+
+
+def build_parser():
+    p = _Parser(prog="figures.py", description="Run, collect and draw one of the paper's figures.")
+    p.add_argument("figure", choices=FIGURES)
+    p.add_argument("--profile", required=True, choices=PROFILES,
+                   help="smoke (seconds, for tests), digits (2 CPU cores), cifar10 (the paper's settings, GPU)")
+    p.add_argument("--out", default=None, help="output folder (default runs/figures/<profile>); the figure "
+                                               "goes to OUT/<figure>/, its runs to OUT/<figure>/runs/")
+    p.add_argument("--ablation", action="append", default=[], choices=ABLATIONS + ("all",),
+                   help="existence: add an ablation panel (repeatable; 'all' for every one)")
+    p.add_argument("--data", default=None, help="dataset root passed to every point (--data)")
+    p.add_argument("--dry-run", action="store_true", help="list every point, its state and command; run nothing")
+    p.add_argument("--slurm", action="store_true", help="write sbatch --array scripts per stage (run nothing here)")
+    p.add_argument("--submit", action="store_true", help="with --slurm: submit them (needs sbatch)")
+    p.add_argument("--jobs", type=int, default=1, help="points of a stage run at once (each with cores/jobs threads)")
+    p.add_argument("--spawn", action="store_true", help="start a fresh interpreter per point instead of forking")
+    p.add_argument("--collect-only", action="store_true", help="only collect finished points and draw")
+    p.add_argument("--prepare", default=None, help=argparse.SUPPRESS)  # SLURM: set up a stage (ticket links)
+    p.add_argument("--check", type=int, default=None, help=argparse.SUPPRESS)  # SLURM: exit 0 iff point done
+    p.add_argument("--stage", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def out_dir(args, cwd):
+    """Absolute output folder, shown relative to the repository root when inside it."""
+    out = os.path.abspath(os.path.join(cwd, args.out or os.path.join("runs", "figures", args.profile)))
+    rel = os.path.relpath(out, ROOT)
+    return out if rel.startswith("..") else rel
+
+
+def build(args, cwd):
+    spec = load_spec(args.figure, args.profile)
+    if args.data:
+        spec["flags"] = dict(spec.get("flags") or {}, data=args.data)
+    ablations = list(ABLATIONS) if "all" in args.ablation else list(dict.fromkeys(args.ablation))
+    out = out_dir(args, cwd)
+    fig_dir = os.path.join(out, args.figure)
+    all_points = figure_points(args.figure, spec, fig_dir, ablations)
+    return spec, out, fig_dir, all_points, unique_points(all_points)
+
+
+def stages_of(figure, points):
+    return [(s, [p for p in points if p.stage == s]) for s in STAGES[figure] if any(p.stage == s for p in points)]
+
+
+def dry_run(spec, points):
+    log.info("%s: %d points (%s); budget: %s", spec["path"], len(points),
+             ", ".join(f"{s}: {sum(p.stage == s for p in points)}" for s in dict.fromkeys(p.stage for p in points)),
+             spec.get("budget", "not stated"))
+    for p in points:
+        sys.stdout.write(f"{p.stage:<9} {runner.point_status(p):<7} {p.id:<28} {p.command()}\n")
+
+
+def write_slurm(args, spec, out, points):
+    stages = stages_of(args.figure, points)
+    files, submit = slurm.write_scripts(args.figure, args.profile, out, stages, spec,
+                                        needs_prepare={"transfer"} if args.figure == "application" else set())
+    for f in files:
+        log.info("wrote %s", f)
+    log.info("submit with: bash %s", submit)
+    if args.submit and not args.dry_run:
+        return slurm.submit(submit)
+    return 0
+
+
+def check(args, points):
+    """SLURM: exit status 0 if point ``--check`` of ``--stage`` is finished, 1 if not."""
+    stage = dict(stages_of(args.figure, points)).get(args.stage, [])
+    if not 0 <= args.check < len(stage):
+        raise UserError(f"--check {args.check}: stage '{args.stage}' has {len(stage)} points")
+    return 0 if runner.point_status(stage[args.check]) == "done" else 1
+
+
+def collect(args, spec, fig_dir, all_points):
+    out = report.REPORTS[args.figure](spec, all_points, fig_dir)
+    for kind in ("csv", "md", "png"):
+        log.info("wrote %s", out[kind])
+    return out
+
+
+def main(argv=None):
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.submit:
+        args.slurm = True
+    setup_logging()
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # presets and commands are relative to the repository root
+    spec, out, fig_dir, all_points, points = build(args, cwd)
+    if args.check is not None:
+        return check(args, points)
+    if args.prepare:
+        if args.figure == "application" and args.prepare == "transfer":
+            link_tickets(spec, points, fig_dir)
+        return 0
+    if args.slurm:
+        return write_slurm(args, spec, out, points)
+    if args.dry_run:
+        return dry_run(spec, points)
+    if not args.collect_only:
+        log.info("%s: %d points; budget: %s", spec["path"], len(points), spec.get("budget", "not stated"))
+        prepare = (lambda stage: link_tickets(spec, points, fig_dir) if stage == "transfer" else None)
+        start = time.time()
+        runner.run_points(points, fig_dir, prepare if args.figure == "application" else None, args.spawn,
+                          args.jobs)
+        log.info("%s: all %d points finished in %s", args.figure, len(points),
+                 runner._duration(time.time() - start))
+    collect(args, spec, fig_dir, all_points)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main(main) or 0)

@@ -1,0 +1,176 @@
+"""The points of each figure, from its spec (see ``experiments/configs/``).
+
+Stages are what SLURM runs as one job array each, in order: a stage's points need
+only the points of earlier stages.
+
+* existence: ``train`` (RST searches at every k and the dense adversarially trained
+  network, per architecture; ablation panels add searches of the first architecture).
+* property: ``train`` (searches, dense natural and adversarial networks), then
+  ``finetune`` (``ft_inherit``/``ft_reinit`` of each searched ticket, and RTT searches
+  with ``--pretrained`` the dense networks).
+* application: ``train`` (tickets at every k in one random network, dense network),
+  then ``transfer`` (the transfer matrix and the R2S evaluation of those tickets,
+  read from a folder of links that ``figures.py --prepare transfer`` makes).
+"""
+import os
+import re
+
+from experiments.spec import merged, training_point, transfer_point
+from utils.config import parse_config
+from utils.errors import UserError
+
+ABLATIONS = ("init", "granularity", "attack")
+STAGES = {"existence": ("train",), "property": ("train", "finetune"), "application": ("train", "transfer")}
+
+
+def slug(text):
+    return re.sub(r"[^A-Za-z0-9.]+", "-", str(text)).strip("-").lower()
+
+
+def _ks(spec):
+    ks = spec.get("ks") or []
+    if not ks or any(not 0 < float(k) <= 1 for k in ks):
+        raise UserError(f"{spec['path']}: 'ks' must be a list of kept fractions in (0, 1]")
+    return [float(k) for k in ks]
+
+
+def _arch(spec):
+    arch = spec.get("arch")
+    if not isinstance(arch, dict) or "config" not in arch:
+        raise UserError(f"{spec['path']}: 'arch' needs 'label', 'config' and optional 'flags'")
+    return arch
+
+
+def _same_as(config, flags, extra):
+    """True if ``extra`` flags change nothing in the config resolved from ``config`` + ``flags``."""
+    from experiments.spec import flag_args
+    cfg = parse_config(["--config", config] + flag_args(flags))
+    return all(str(getattr(cfg, k, None)) == str(v) for k, v in (extra or {}).items())
+
+
+def existence_points(spec, log_dir, ablations=()):
+    """Searches at every k and a dense network per architecture; ablations of the first one."""
+    ks, points = _ks(spec), []
+    archs = spec.get("archs") or []
+    if not archs:
+        raise UserError(f"{spec['path']}: 'archs' must list at least one architecture")
+    for arch in archs:
+        flags = merged(spec.get("flags"), arch.get("flags"))
+        fields = {"panel": "main", "model": arch["label"]}
+        for k in ks:
+            points.append(training_point(f"search/{slug(arch['label'])}/k={k:g}", "train", arch["config"], flags,
+                                         name="existence", log_dir=log_dir, k=k,
+                                         fields=dict(fields, variant="RST")))
+        points.append(training_point(f"dense/{slug(arch['label'])}", "train", arch["config"],
+                                     merged(flags, spec.get("dense")), task="train_full", name="existence",
+                                     log_dir=log_dir, fields=dict(fields, variant="dense AT")))
+    for name in ablations:
+        points += ablation_points(spec, log_dir, name, archs[0])
+    return points
+
+
+def ablation_points(spec, log_dir, name, arch):
+    """One panel: the first architecture's searches, one variant per curve."""
+    table = spec.get("ablations") or {}
+    if name not in table:
+        raise UserError(f"{spec['path']} defines no ablation '{name}' (defined: {', '.join(table) or 'none'})")
+    ablation, points = table[name], []
+    base = merged(spec.get("flags"), arch.get("flags"))
+    for variant in ablation.get("variants", []):
+        config = variant.get("config", arch["config"])
+        extra = variant.get("flags") or {}
+        same = _same_as(config, base, extra)  # e.g. element-wise masks = the main panel's runs
+        run_name = "existence" if same else f"existence-{name}-{slug(variant['label'])}"
+        flags = base if same else merged(base, extra)
+        for k in [float(k) for k in ablation.get("ks") or _ks(spec)]:
+            points.append(training_point(f"{name}/{slug(variant['label'])}/k={k:g}", "train", config, flags,
+                                         name=run_name, log_dir=log_dir, k=k,
+                                         fields={"panel": name, "model": arch["label"], "variant": variant["label"]}))
+    return points
+
+
+def property_points(spec, log_dir):
+    """RST, its fine-tuned versions, and RTTs from a natural and an adversarial dense network."""
+    ks, arch, points = _ks(spec), _arch(spec), []
+    flags = merged(spec.get("flags"), arch.get("flags"))
+    label = arch["label"]
+    for k in ks:
+        points.append(training_point(f"search/k={k:g}", "train", arch["config"], flags, name="property",
+                                     log_dir=log_dir, k=k, fields={"model": label, "variant": "RST"}))
+    dense = {}
+    for kind in ("natural", "adversarial"):
+        p = training_point(f"dense/{kind}", "train", arch["config"], merged(flags, spec.get(f"dense_{kind}")),
+                           task="train_full", name=f"property-{kind}", log_dir=log_dir,
+                           fields={"model": label, "variant": f"dense ({kind})"})
+        dense[kind] = p
+        points.append(p)
+    for k in ks:
+        ticket = os.path.join(points[ks.index(k)].run_dir(), "checkpoints", "model_best.pth")
+        for task in ("ft_inherit", "ft_reinit"):
+            points.append(training_point(f"{task}/k={k:g}", "finetune", arch["config"],
+                                         merged(flags, spec.get("finetune")), task=task, name="property",
+                                         log_dir=log_dir, k=k, pretrained=ticket,
+                                         fields={"model": label, "variant": task}))
+        for kind, p in dense.items():
+            weights = os.path.join(p.run_dir(), "checkpoints", "model_best.pth")
+            points.append(training_point(f"rtt-{kind}/k={k:g}", "finetune", arch["config"],
+                                         merged(flags, spec.get("rtt")), name=f"property-rtt-{kind}",
+                                         log_dir=log_dir, k=k, pretrained=weights,
+                                         fields={"model": label, "variant": f"RTT ({kind})"}))
+    return points
+
+
+def ticket_folder(fig_dir):
+    return os.path.join(fig_dir, "tickets")
+
+
+def ticket_file(arch, k):
+    return f"{arch['label'].split()[0]}_{k:g}.pth"
+
+
+def application_points(spec, log_dir, fig_dir):
+    """Tickets of one random network (same seed) at every k, a dense network, then transfer and R2S."""
+    ks, arch, points = _ks(spec), _arch(spec), []
+    flags = merged(spec.get("flags"), arch.get("flags"))
+    if "seed" not in flags:
+        raise UserError(f"{spec['path']}: 'flags' must fix 'seed' (tickets of ONE random network)")
+    for k in ks:
+        points.append(training_point(f"search/k={k:g}", "train", arch["config"], flags, name="application",
+                                     log_dir=log_dir, k=k, fields={"model": arch["label"], "variant": "RST"}))
+    points.append(training_point("dense", "train", arch["config"], merged(flags, spec.get("dense")),
+                                 task="train_full", name="application", log_dir=log_dir,
+                                 fields={"model": arch["label"], "variant": "dense AT"}))
+    source = os.path.join(ticket_folder(fig_dir), ticket_file(arch, min(ks)))
+    for mode, extra in (("matrix", spec.get("transfer")), ("r2s", spec.get("r2s"))):
+        points.append(transfer_point(mode, "transfer", arch["config"], merged(flags, extra),
+                                     name=f"application-{mode}", log_dir=log_dir, source=source,
+                                     source_k=min(ks), mode=mode, fields={"model": arch["label"], "variant": mode}))
+    return points
+
+
+def link_tickets(spec, points, fig_dir):
+    """``<figure dir>/tickets/<arch>_<k>.pth``: links to each finished search's model_best.pth."""
+    folder, arch = ticket_folder(fig_dir), _arch(spec)
+    os.makedirs(folder, exist_ok=True)
+    for p in points:
+        if p.script != "main.py" or p.stage != "train":
+            continue
+        target = os.path.join(p.run_dir(), "checkpoints", "model_best.pth")
+        if not os.path.isfile(target):
+            raise UserError(f"ticket {p.id} is not finished: {target} is missing (run the train stage first)")
+        link = os.path.join(folder, ticket_file(arch, p.fields["k"]))
+        tmp = os.path.join(folder, f".{os.path.basename(link)}.{os.getpid()}")
+        os.symlink(os.path.relpath(target, folder), tmp)
+        os.replace(tmp, link)  # atomic: array tasks may run this at once
+    return folder
+
+
+def figure_points(figure, spec, fig_dir, ablations=()):
+    log_dir = os.path.join(fig_dir, "runs")
+    if figure == "existence":
+        return existence_points(spec, log_dir, ablations)
+    if ablations:
+        raise UserError("--ablation applies to the existence figure only")
+    if figure == "property":
+        return property_points(spec, log_dir)
+    return application_points(spec, log_dir, fig_dir)

@@ -1,0 +1,179 @@
+"""experiments/figures.py: the smoke profile of every figure end to end (CSV rows, resume,
+settings conflicts) and the cifar10 profile's SLURM scripts (bash syntax, commands that
+parse with our CLI, stage dependencies)."""
+import csv
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+from utils.config import parse_config
+
+FIGURES = os.path.join(ROOT, "experiments", "figures.py")
+# rows of each smoke figure: (id, variant) pairs
+SMOKE_ROWS = {
+    "existence": {("search/cresnet18/k=0.1", "RST"), ("search/cresnet18/k=0.5", "RST"),
+                  ("dense/cresnet18", "dense AT"), ("search/wrn-34-10/k=0.1", "RST"),
+                  ("search/wrn-34-10/k=0.5", "RST"), ("dense/wrn-34-10", "dense AT")},
+    "property": {(f"{kind}/k={k}", variant) for k in ("0.1", "0.5") for kind, variant in
+                 (("search", "RST"), ("ft_inherit", "ft_inherit"), ("ft_reinit", "ft_reinit"),
+                  ("rtt-natural", "RTT (natural)"), ("rtt-adversarial", "RTT (adversarial)"))}
+    | {("dense/natural", "dense (natural)"), ("dense/adversarial", "dense (adversarial)")},
+    "application": {("search/k=0.1", "RST"), ("search/k=0.3", "RST"), ("search/k=0.5", "RST"),
+                    ("dense", "dense AT"), ("matrix", "matrix"), ("r2s", "r2s")},
+}
+
+
+def figures(*args, timeout=120):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, FIGURES, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def read_rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """All three smoke figures, run once for the module (about 30 s of CPU)."""
+    out = tmp_path_factory.mktemp("figures")
+    for figure in SMOKE_ROWS:
+        proc = figures(figure, "--profile", "smoke", "--out", out, "--jobs", "2")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("figure", sorted(SMOKE_ROWS))
+def test_smoke_figure_rows(smoke, figure):
+    folder = smoke / figure
+    rows = read_rows(folder / f"{figure}.csv")
+    assert {(r["id"], r["variant"]) for r in rows} == SMOKE_ROWS[figure]
+    assert all(r["status"] == "done" for r in rows)
+    for r in rows:
+        if r["task"] in ("search", "ft_inherit", "ft_reinit", "train_full"):
+            assert 0 <= float(r["natural_acc1"]) <= 100 and r["epochs_done"] == "1"
+            assert os.path.isfile(os.path.join(r["run_dir"], "results.json"))
+            assert r["command"].startswith(("python main.py", "python train_full.py"))
+    assert (folder / f"{figure}.png").stat().st_size > 10_000
+    assert "| k |" in (folder / f"{figure}.md").read_text() or figure == "application"
+
+
+def test_smoke_application_outputs(smoke):
+    rows = {r["id"]: r for r in read_rows(smoke / "application" / "application.csv")}
+    assert rows["matrix"]["tickets"] == "3" and rows["matrix"]["matrix"] in ("paper", "strong")
+    assert 0 <= float(rows["r2s"]["r2s_natural"]) <= 100
+    assert float(rows["r2s"]["r2s_worst_case"]) <= float(rows["r2s"]["r2s_transfer_paper"]) + 1e-6
+    tickets = sorted(os.listdir(smoke / "application" / "tickets"))
+    assert tickets == ["cResNet18_0.1.pth", "cResNet18_0.3.pth", "cResNet18_0.5.pth"]
+    matrix = read_rows(smoke / "application" / "application_matrix.csv")
+    assert len(matrix) == 4  # natural row + one row per source ticket
+
+
+def test_rerun_skips_finished_and_resumes_interrupted(smoke):
+    dirs = {r["id"]: r["run_dir"] for r in read_rows(smoke / "existence" / "existence.csv")}
+    run_dir = dirs["dense/cresnet18"]
+    os.remove(os.path.join(run_dir, "results.json"))  # as if killed after its last checkpoint
+    kept = os.path.join(dirs["search/cresnet18/k=0.1"], "results.json")
+    before = os.path.getmtime(kept)
+    proc = figures("existence", "--profile", "smoke", "--out", smoke)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count(": skipped (finished") == 5
+    assert "dense/cresnet18: running (resuming)" in proc.stderr
+    assert os.path.isfile(os.path.join(run_dir, "results.json")) and os.path.getmtime(kept) == before
+    assert "resumed from" in open(os.path.join(smoke, "existence", "logs", "dense_cresnet18.log")).read()
+
+
+def test_settings_conflict_is_one_line_error(smoke, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(smoke / "property", out / "property", symlinks=True)
+    settings = next(r["run_dir"] for r in read_rows(out / "property" / "property.csv") if r["id"] == "search/k=0.1")
+    settings = os.path.join(settings.replace(str(smoke), str(out)), "settings.txt")
+    with open(settings) as fh:
+        text = fh.read()
+    with open(settings, "w") as fh:
+        fh.write(re.sub(r"^epochs: 1$", "epochs: 7", text, flags=re.M))
+    proc = figures("property", "--profile", "smoke", "--out", out)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "epochs: 7 (run) vs 1" in proc.stderr
+
+
+def arms(path):
+    """(index, argv) of every ``N) cmd=(...)`` arm of an array script."""
+    with open(path) as fh:
+        return [(int(m.group(1)), shlex.split(m.group(2)))
+                for m in re.finditer(r"^  (\d+)\) cmd=\((.*)\) ;;", fh.read(), flags=re.M)]
+
+
+def test_slurm_dry_run_cifar10(tmp_path, monkeypatch):
+    from models.conv_type import CONV_TYPES
+    import models  # noqa: F401  (registers the architectures)
+    from models.registry import MODELS as ARCHS
+    from utils.run_dir import run_dir_for
+    monkeypatch.chdir(ROOT)  # commands are relative to the repository root
+    outputs = {}
+    for figure, extra in (("existence", ["--ablation", "all"]), ("property", []), ("application", [])):
+        proc = figures(figure, "--profile", "cifar10", "--out", tmp_path, "--slurm", "--dry-run", *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        folder = tmp_path / figure / "slurm"
+        files = sorted(folder.glob("*.sbatch")) + [folder / "submit.sh"]
+        for f in files:
+            assert subprocess.run(["bash", "-n", str(f)]).returncode == 0, f
+        produced = set()  # run directories of earlier stages
+        for f in files[:-2]:
+            commands = arms(f)
+            text = f.read_text()
+            assert f"#SBATCH --array=0-{len(commands) - 1}" in text and [i for i, _ in commands] == list(
+                range(len(commands)))
+            for _, argv in commands:
+                cfg = parse_config(argv[1:], prog=argv[0])
+                assert cfg.set == "CIFAR10" and cfg.epochs == 160 and cfg.lr_policy == "cifar_piecewise"
+                assert cfg.attack_iters == 7 and cfg.eval_attack == "pgd" and cfg.arch in ARCHS
+                assert (cfg.conv_type or "SubnetConv") in CONV_TYPES
+                if argv[0] != "test_trans.py":
+                    assert "--automatic_resume" in argv
+                if cfg.pretrained and argv[0] == "main.py":  # fine-tuning / RTT: an earlier stage's output
+                    assert os.path.dirname(os.path.dirname(cfg.pretrained)) in produced
+            for _, argv in commands:
+                cfg = parse_config(argv[1:], prog=argv[0])
+                if argv[0] == "train_full.py":
+                    cfg.prune_rate = 1.0
+                produced.add(run_dir_for(cfg, "train_full" if argv[0] == "train_full.py" else cfg.task))
+        outputs[figure] = [f.name for f in files]
+        submit = (folder / "submit.sh").read_text()
+        sbatch = re.findall(r"sbatch --parsable .* (\S+\.sbatch)\)", submit)
+        assert sbatch == [f.name for f in files[:-1]]
+        deps = re.findall(r'dep=\(--dependency=(\w+):"\$j(\d+)"\)', submit)
+        last = len(sbatch) - 2  # the last stage: the collect job runs after it, whatever its outcome
+        assert deps == [("afterok", str(i)) for i in range(last)] + [("afterany", str(last))]
+    assert outputs["existence"] == ["00-train.sbatch", "01-collect.sbatch", "submit.sh"]
+    assert outputs["property"] == ["00-train.sbatch", "01-finetune.sbatch", "02-collect.sbatch", "submit.sh"]
+    assert outputs["application"] == ["00-train.sbatch", "01-transfer.sbatch", "02-collect.sbatch", "submit.sh"]
+    assert "--prepare transfer" in (tmp_path / "application" / "slurm" / "01-transfer.sbatch").read_text()
+    assert len(arms(tmp_path / "application" / "slurm" / "01-transfer.sbatch")) == 2
+
+
+def test_submit_without_sbatch_and_bad_arguments(tmp_path):
+    if shutil.which("sbatch"):
+        pytest.skip("sbatch exists here")
+    proc = figures("property", "--profile", "cifar10", "--out", tmp_path, "--submit")
+    assert proc.returncode == 2 and "sbatch" in proc.stderr
+    proc = figures("property", "--profile", "cifar10", "--ablation", "init", "--dry-run")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --ablation applies to the existence figure")
+    proc = figures("existence", "--profile", "laptop")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_dry_run_lists_every_point():
+    proc = figures("property", "--profile", "digits", "--dry-run", "--out", "/nonexistent/figures")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 12 and all(" new " in line for line in lines)
+    assert sum(line.startswith("finetune") for line in lines) == 8
+    assert all("--automatic_resume" in line for line in lines)
