@@ -4,8 +4,8 @@ Training points (results.json): natural and robust accuracy at the best epoch
 (``natural_acc1_at_best_robustness`` / ``best_acc1``, the epoch with the highest
 PGD-20 accuracy on the evaluation split: the paper's protocol), the last
 validation's ``natural_acc1``/``robust_acc1``, and any ``last_*`` keys. Transfer
-points: the matrix (``matrix_strong`` if the file has it, else ``matrix``, the
-paper's early-stopped PGD-20; the row says which) and the R2S accuracies.
+points: the ``strong`` transfer matrix (PGD-20 without early stop, the headline), with
+the paper's early-stopped matrix's off-diagonal mean beside it, and the R2S accuracies.
 An unfinished point gives a row with empty metrics.
 """
 import csv
@@ -46,20 +46,28 @@ def r2s_metrics(data):
             "r2s_worst_case": _get(data, "worst_case")}
 
 
-def matrix_of(data):
-    """(which, prune_rates, rows): the strong matrix if present, else the paper's."""
-    which = "strong" if data.get("matrix_strong") else "paper"
-    rows = data.get("matrix_strong") or data.get("matrix") or []
-    return which, [float(k) for k in data.get("prune_rates", [])], rows
+def matrix_of(data, which="strong"):
+    """(which, prune_rates, rows) of one protocol's matrix (``matrices.strong``, the
+    headline, or ``matrices.paper``); files written before both existed hold only the
+    paper's, as ``matrix``."""
+    matrices = data.get("matrices") or {"paper": data.get("matrix") or []}
+    which = which if which in matrices else "paper"
+    return which, [float(k) for k in data.get("prune_rates", [])], matrices.get(which) or []
 
 
 def transfer_metrics(data):
+    """Off-diagonal and diagonal means of the strong matrix (the paper's off-diagonal mean beside it)."""
     which, ks, rows = matrix_of(data)
-    off = [a for i, row in enumerate(rows) for j, a in enumerate(row) if i != j]
-    diag = [row[i] for i, row in enumerate(rows) if i < len(row)]
     mean = (lambda xs: sum(xs) / len(xs) if xs else None)
+
+    def offdiag(m):
+        return [a for i, row in enumerate(m) for j, a in enumerate(row) if i != j]
+
+    off = offdiag(rows)
+    diag = [row[i] for i, row in enumerate(rows) if i < len(row)]
+    paper_rows = matrix_of(data, "paper")[2]
     return {"matrix": which, "tickets": len(ks), "offdiag_mean": mean(off), "offdiag_min": min(off, default=None),
-            "diag_mean": mean(diag)}
+            "diag_mean": mean(diag), "offdiag_mean_paper": mean(offdiag(paper_rows))}
 
 
 def point_row(point, figure):
@@ -98,13 +106,17 @@ def write_csv(path, rows):
 
 
 def write_matrix_csv(path, data):
-    which, ks, rows = matrix_of(data)
+    """Both protocols' matrices (strong first), each under a header naming it."""
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow([f"source k \\ target k ({which} transfer)"] + [f"{k:g}" for k in ks])
-        writer.writerow(["natural"] + [_csv(a) for a in data.get("natural_acc1", [])])
-        for k, row in zip(ks, rows):
-            writer.writerow([f"{k:g}"] + [_csv(a) for a in row])
+        for wanted in ("strong", "paper"):
+            which, ks, rows = matrix_of(data, wanted)
+            if which != wanted:
+                continue
+            writer.writerow([f"source k \\ target k ({which} transfer)"] + [f"{k:g}" for k in ks])
+            writer.writerow(["natural"] + [_csv(a) for a in data.get("natural_acc1", [])])
+            for k, row in zip(ks, rows):
+                writer.writerow([f"{k:g}"] + [_csv(a) for a in row])
 
 
 def _csv(value):

@@ -114,8 +114,12 @@ def application(spec, points, fig_dir):
         title = (f"target accuracy (%) under PGD-20 examples of the source\n({which} protocol"
                  f"{'' if which == 'strong' else ': early-stopped, as the paper'}; diagonal = white-box)")
         matrix = (ks, m, data.get("natural_acc1", [None] * len(ks)), title)
-        sections.append((f"transfer matrix ({which})", md_table(["source \\ target"] + [f"{k:g}" for k in ks],
-                         [["natural"] + data.get("natural_acc1", [])] + [[f"{k:g}"] + r for k, r in zip(ks, m)])))
+        for protocol_name in ("strong", "paper"):
+            _, _, rows_p = collect.matrix_of(data, protocol_name)
+            sections.append((f"transfer matrix ({protocol_name})",
+                             md_table(["source \\ target"] + [f"{k:g}" for k in ks],
+                                      [["natural"] + data.get("natural_acc1", [])]
+                                      + [[f"{k:g}"] + r for k, r in zip(ks, rows_p)])))
     dense = rows_by(rows, variant="dense AT")[0]
     r2s = rows_by(rows, variant="r2s")[0]
     groups = [("dense AT", [("natural", dense.get(NATURAL)), ("PGD-20 (white-box)", dense.get(ROBUST))]),
