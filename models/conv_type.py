@@ -4,14 +4,19 @@ Every masked layer keeps a real-valued score per weight (or per filter, kernel
 or kernel row). The forward pass convolves with ``weight * mask`` where the mask
 keeps the top-k fraction (k = ``prune_rate``, the fraction KEPT) of ``|score|``.
 
-Speed: the mask depends only on the scores, so it is cached and recomputed only
-when the scores change (tracked with the tensor's in-place version counter, which
-every optimiser step and ``load_state_dict`` bumps). When no parameter needs a
-gradient (evaluation, or an attack asking for input gradients only) the masked
-weight itself is cached, so a frozen ticket costs what a dense network costs.
+Speed: the mask depends only on the scores, so it is cached (as bool) and
+recomputed only when the scores change (tracked with the tensor's in-place
+version counter, which every optimiser step and ``load_state_dict`` bumps), by a
+selection rather than a sort. The masked weight ``weight * mask`` is cached too:
+attack steps and evaluation (no parameter needs a gradient) use it as is, so a
+frozen ticket costs what a dense network costs, and the training forward of a
+search step returns the same tensor through the straight-through function.
+Beyond a dense step, a search step holds the scores, a bool mask and one masked
+weight; its extra work is one selection and a few element-wise ops per layer.
 """
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -21,56 +26,79 @@ CONV_TYPES = Registry("conv type")
 
 
 def topk_mask(scores, k):
-    """0/1 mask keeping ``n - int((1-k)*n)`` entries of largest ``|scores|``.
+    """0/1 mask in the dtype of ``scores``: ``topk_keep`` as numbers."""
+    return topk_keep(scores, k).to(scores.dtype)
 
-    A selection, not a full sort. On CPU: ``kthvalue`` (O(n)) with an exact
-    top-k fallback when ties sit at the threshold. On CUDA: ``topk`` of the
-    smaller side, which always selects an exact count and never waits for the
-    host (no ``.item()`` synchronisation per layer).
+
+def topk_keep(scores, k):
+    """Bool mask keeping ``n - int((1-k)*n)`` entries of largest ``|scores|``.
+
+    Ties at the threshold: of the entries whose ``|score|`` equals the largest
+    dropped value, the ones with the lowest flat (C-order) indices are kept, on
+    every device (the original's unstable sort broke such ties arbitrarily).
+
+    A selection, never a full sort on CPU: numpy's ``partition`` finds the
+    threshold (vectorised introselect, about 20x faster than ``torch.kthvalue``
+    on a 2.4M-entry layer; this runs once per layer per optimiser step) and one
+    comparison writes the mask. On other devices (and dtypes numpy lacks) a
+    stable sort gives the same mask without waiting for the host.
     """
-    flat = scores.detach().abs().flatten()
-    n = flat.numel()
+    n = scores.numel()
     drop = int((1.0 - k) * n)
     if drop <= 0:
-        return torch.ones_like(scores)
+        return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
     if drop >= n:
-        return torch.zeros_like(scores)
-    if flat.is_cuda:
-        return _topk_select(flat, drop).to(scores.dtype).view_as(scores)
-    threshold = torch.kthvalue(flat, drop).values
-    keep = flat > threshold
-    if int(keep.sum()) != n - drop:
-        keep = _topk_select(flat, drop)
-    return keep.to(scores.dtype).view_as(scores)
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    flat = scores.detach().reshape(-1)  # C order, whatever the memory format
+    if flat.device.type == "cpu" and flat.dtype in _NUMPY_FLOATS:
+        return _partition_select(flat, drop).view(scores.shape)
+    return _sort_select(flat.abs(), drop).view(scores.shape)
 
 
-def _topk_select(flat, drop):
-    """Bool mask dropping exactly the ``drop`` smallest entries (ties broken by topk)."""
-    n = flat.numel()
-    if drop <= n - drop:
-        keep = torch.ones(n, dtype=torch.bool, device=flat.device)
-        keep[torch.topk(flat, drop, largest=False, sorted=False).indices] = False
-    else:
-        keep = torch.zeros(n, dtype=torch.bool, device=flat.device)
-        keep[torch.topk(flat, n - drop, largest=True, sorted=False).indices] = True
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
+def _partition_select(flat, drop):
+    """CPU, 1-D ``flat`` (the scores): the bool mask. Temporaries: ``|flat|`` (which
+    the comparison then overwrites) and numpy's partitioned copy of it."""
+    absolute = flat.abs()
+    part = np.partition(absolute.numpy(), drop - 1)  # part[:drop] <= threshold <= part[drop:]
+    threshold = float(part[drop - 1])  # the drop-th smallest |score| (exact as a Python float)
+    missing = 0
+    if part[drop:].min() == threshold:  # ties: fewer than n - drop entries exceed the threshold
+        missing = int(np.count_nonzero(part[drop:] == threshold))
+    del part
+    tied = torch.nonzero(absolute == threshold).view(-1)[:missing] if missing else None  # lowest first
+    keep = torch.gt(absolute, threshold, out=absolute).bool()  # a float compare, then one cast
+    if tied is not None:
+        keep[tied] = True
     return keep
+
+
+def _sort_select(values, drop):
+    """Any device, 1-D ``values`` = |scores|: the same mask as ``_partition_select`` from
+    a stable descending sort (ties keep index order, so their lowest indices); no host sync."""
+    order = torch.sort(values, descending=True, stable=True).indices[: values.numel() - drop]
+    return torch.zeros(values.shape, dtype=torch.bool, device=values.device).index_fill_(0, order, True)
 
 
 class _MaskedWeightSTE(torch.autograd.Function):
     """``weight * mask`` with the edge-popup straight-through gradient to the scores.
 
-    Value: exactly ``weight * mask``. Gradients: ``weight`` gets ``g * mask``;
-    ``scores`` get ``(g * weight)`` summed over the dimensions the scores are
-    broadcast over, times ``sign(scores)`` (the mask stands in for ``|score|``).
-    This is what autograd gives for ``weight * (mask + |s| - |s|.detach())``,
-    with one element-wise op in the forward instead of four and no temporaries
-    kept for the backward.
+    ``mask`` may be bool. Value: ``product``, the layer's cached ``weight * mask`` (the attack steps
+    of the same optimiser step already computed it, so the training forward
+    costs no multiply and holds no second copy). Gradients: ``weight`` gets
+    ``g * mask``; ``scores`` get ``(g * weight)`` summed over the dimensions the
+    scores are broadcast over, times ``sign(scores)`` (the mask stands in for
+    ``|score|``). This is what autograd gives for
+    ``weight * (mask + |s| - |s|.detach())``, with no element-wise op in the
+    forward instead of four and no temporaries kept for the backward.
     """
 
     @staticmethod
-    def forward(ctx, weight, scores, mask):
+    def forward(ctx, weight, scores, mask, product):
         ctx.save_for_backward(weight, scores, mask)
-        return weight * mask
+        return product.detach()  # an alias: the cache itself never joins the graph
 
     @staticmethod
     def backward(ctx, grad):
@@ -78,8 +106,9 @@ class _MaskedWeightSTE(torch.autograd.Function):
         g_weight = grad * mask if ctx.needs_input_grad[0] else None
         g_scores = None
         if ctx.needs_input_grad[1]:
-            g_scores = (grad * weight).sum_to_size(scores.shape) * scores.sign()
-        return g_weight, g_scores, None
+            g_scores = (grad * weight).sum_to_size(scores.shape)
+            g_scores = g_scores.mul_(scores.sign())  # g_scores is a fresh tensor here
+        return g_weight, g_scores, None, None
 
 
 def _state_key(t):
@@ -109,8 +138,7 @@ class MaskedConv(nn.Conv2d):
         super().__init__(*args, **kwargs)
         self.scores = nn.Parameter(torch.empty(self.score_shape(), dtype=self.weight.dtype))
         self.prune_rate = 1.0
-        self._mask_cache = (None, None)
-        self._weight_cache = (None, None)
+        self.clear_cache()
         self.init_scores()
 
     def score_shape(self):
@@ -123,47 +151,70 @@ class MaskedConv(nn.Conv2d):
         self.prune_rate = float(k)
 
     def compute_mask(self):
-        return topk_mask(self.scores, self.prune_rate)
+        """The mask for the current scores, bool (or 0/1 numbers: ``keep`` converts)."""
+        return topk_keep(self.scores, self.prune_rate)
 
-    def mask(self):
-        """Current 0/1 mask (no gradient), cached until the scores change.
+    def keep(self):
+        """Current mask as bool (no gradient), cached until the scores or k change.
 
         The cache key is the scores tensor itself, its in-place version counter
         (bumped by every optimiser step, ``load_state_dict`` and in-place edit),
         its storage address and k, so the top-k selection runs once per
-        optimiser step however many forward passes (attack steps) use it.
+        optimiser step however many forward passes (attack steps) use it. The
+        forward pass uses this bool mask (a byte per entry, a quarter of a float
+        mask): a search step then holds, beyond a dense step, only the scores,
+        this mask and the masked weight.
         """
-        key, mask = self._mask_cache
+        key, keep = self._keep_cache
         if key is None or not _same_state(key[0], self.scores) or key[1] != self.prune_rate:
+            # drop the stale mask and masked weight first: the new ones can then reuse
+            # their memory (fewer, larger holes in the heap; a lower peak on CPU)
+            self.clear_cache()
             with torch.no_grad():
-                mask = self.compute_mask()
-            self._mask_cache = ((_state_key(self.scores), self.prune_rate), mask)
+                keep = self.compute_mask().bool()
+            self._keep_cache = ((_state_key(self.scores), self.prune_rate), keep)
+        return keep
+
+    def mask(self):
+        """Current 0/1 mask in the scores' dtype (no gradient): the same tensor
+        while the scores and k are unchanged, built from ``keep()`` on demand."""
+        keep = self.keep()
+        source, mask = self._mask_cache
+        if source is not keep:
+            mask = keep.to(self.scores.dtype)
+            self._mask_cache = (keep, mask)
         return mask
 
     def masked_weight(self):
         """The weight the convolution uses: STE product when scores train, else
-        ``weight * mask`` (cached while neither weight nor mask changes)."""
-        mask = self.mask()
+        ``weight * mask``; the product is cached while neither weight nor mask
+        changes, and the STE returns that same tensor as its value."""
+        keep = self.keep()
         grad_on = torch.is_grad_enabled()
+        if grad_on and self.weight.requires_grad and not self.scores.requires_grad:
+            return self.weight * keep  # weights train: a new product every step anyway
+        product = self._product(keep)
         if grad_on and self.scores.requires_grad:
-            return _MaskedWeightSTE.apply(self.weight, self.scores, mask)
-        if grad_on and self.weight.requires_grad:
-            return self.weight * mask
-        # no parameter needs a gradient (evaluation, attack steps): reuse weight * mask
-        key, masked = self._weight_cache
-        if key is None or not _same_state(key[0], self.weight) or key[1] is not mask:
+            return _MaskedWeightSTE.apply(self.weight, self.scores, keep, product)
+        return product  # no parameter needs a gradient (evaluation, attack steps)
+
+    def _product(self, keep):
+        """``weight * mask`` (no graph), cached for the current weight and mask."""
+        key, product = self._weight_cache
+        if key is None or not _same_state(key[0], self.weight) or key[1] is not keep:
             with torch.no_grad():
-                masked = self.weight * mask
-            self._weight_cache = ((_state_key(self.weight), mask), masked)
-        return masked
+                product = self.weight * keep  # bit-identical to multiplying by a 0./1. mask
+            self._weight_cache = ((_state_key(self.weight), keep), product)
+        return product
 
     def clear_cache(self):
+        self._keep_cache = (None, None)
         self._mask_cache = (None, None)
         self._weight_cache = (None, None)
 
     def kept_fraction(self):
         """Fraction of weights whose mask is 1 (broadcast over the weight)."""
-        m = self.mask().expand_as(self.weight)
+        m = self.keep().expand_as(self.weight)
         return float(m.sum() / m.numel())
 
     @torch.compiler.disable
