@@ -50,6 +50,7 @@ HASH_EXEMPT = {"search_natural": {"layer2.1.conv2": 2}, "search_fgsm": {"layer4.
 # Relative tolerance of per-layer update norms, absolute tolerance of logits after the step.
 SCORE_RTOL = {"search_natural": 1e-6, "ft_inherit_natural": 1e-6, "search_fgsm": 1e-4, "search_pgd2": 1e-4}
 EVAL_ATOL = {"search_natural": 1e-6, "ft_inherit_natural": 1e-6, "search_fgsm": 5e-5, "search_pgd2": 5e-5}
+TIE_SWAP_ATOL = 2e-5  # measured 8.2e-6 for search_natural's tie in layer2.1.conv2
 
 
 def golden(variant):
@@ -212,8 +213,13 @@ def test_golden_step_batchnorm_and_eval_logits_after(step):
         assert ours["num_batches_tracked"] == gb["num_batches_tracked"], name
         assert ours["running_mean_sum"] == pytest.approx(gb["running_mean_sum"], rel=1e-5, abs=1e-6), name
         assert ours["running_var_sum"] == pytest.approx(gb["running_var_sum"], rel=1e-6), name
-    torch.testing.assert_close(r["eval_logits"], torch.tensor(g["logits_eval_after"]), rtol=0,
-                               atol=EVAL_ATOL[variant])
+    # An exempt layer whose mask differs from the golden one broke an exact |score| tie at the
+    # boundary the other way (the original's unstable sort has no consistent rule; ours keeps the
+    # lowest flat index): one kept weight swapped for another moves the logits by up to ~1e-5.
+    swapped = [n for n in HASH_EXEMPT.get(variant, {})
+               if r["layers"][n]["mask_after"] != g["layers"][n]["mask_after"]["sha256"]]
+    atol = max(EVAL_ATOL[variant], TIE_SWAP_ATOL) if swapped else EVAL_ATOL[variant]
+    torch.testing.assert_close(r["eval_logits"], torch.tensor(g["logits_eval_after"]), rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("variant", ATTACKED)
