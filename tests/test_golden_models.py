@@ -18,8 +18,9 @@ them arbitrarily. ``TIE_LAYERS`` marks them. For those layers the kept count is
 exact, the mask must keep exactly one of the tied pair, and the mask with the
 original's choice hashes to the golden value; before the forward passes the
 original's choice is adopted (the kept score is nudged up by one float32 ulp),
-so the logits test the rest of the network exactly. Which of a tied pair our
-top-k keeps is unspecified (SPEC: ties may fall either way).
+so the logits test the rest of the network exactly. Ours keeps the lower flat
+index of a tied pair (tests/test_topk_select.py): the original's choice in WRN32
+and ResNet50, not in VGG16.
 """
 import hashlib
 import json
