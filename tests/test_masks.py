@@ -194,16 +194,22 @@ def test_signed_constant_magnitude():
     assert (w > 0).any() and (w < 0).any()
 
 
+def plain_and_scaled(name, **spec):
+    """A 16x8x3x3 weight initialised by ``name`` without and with the fan-scaling ``spec``, same draws."""
+    plain, scaled = torch.empty(16, 8, 3, 3), torch.empty(16, 8, 3, 3)
+    torch.manual_seed(8)
+    init_weight(name, plain.normal_(), InitSpec("fan_in", "relu"))
+    torch.manual_seed(8)
+    init_weight(name, scaled.normal_(), InitSpec("fan_in", "relu", **spec))
+    return plain, scaled
+
+
 @pytest.mark.parametrize("name, scaled", [("signed_constant", True), ("unsigned_constant", True),
                                            ("kaiming_normal", True), ("kaiming_uniform", False)])
 def test_scale_fan_is_the_originals_fan_times_one_minus_k(name, scaled):
     """--scale-fan: fan * (1 - k) in the inits the original scales; its kaiming_uniform ignores it."""
     k, fan = 0.25, 8 * 9
-    plain, scaled_w = torch.empty(16, 8, 3, 3), torch.empty(16, 8, 3, 3)
-    torch.manual_seed(8)
-    init_weight(name, plain.normal_(), InitSpec("fan_in", "relu"))
-    torch.manual_seed(8)
-    init_weight(name, scaled_w.normal_(), InitSpec("fan_in", "relu", scale_fan=True, prune_rate=k))
+    plain, scaled_w = plain_and_scaled(name, scale_fan=True, prune_rate=k)
     ratio = math.sqrt(fan / (fan * (1 - k))) if scaled else 1.0
     torch.testing.assert_close(scaled_w, plain * ratio)
 
@@ -212,11 +218,7 @@ def test_scale_fan_is_the_originals_fan_times_one_minus_k(name, scaled):
 def test_scale_fan_kept_is_fan_times_k(name):
     """--scale-fan-kept (opt-in correction): fan * k, kaiming_uniform included."""
     k, fan = 0.25, 8 * 9
-    plain, scaled_w = torch.empty(16, 8, 3, 3), torch.empty(16, 8, 3, 3)
-    torch.manual_seed(8)
-    init_weight(name, plain.normal_(), InitSpec("fan_in", "relu"))
-    torch.manual_seed(8)
-    init_weight(name, scaled_w.normal_(), InitSpec("fan_in", "relu", prune_rate=k, scale_fan_kept=True))
+    plain, scaled_w = plain_and_scaled(name, prune_rate=k, scale_fan_kept=True)
     torch.testing.assert_close(scaled_w, plain * math.sqrt(fan / (fan * k)))
 
 

@@ -29,16 +29,21 @@ from utils.errors import UserError
 log = logging.getLogger("rst")
 
 
-def set_phase(model, dense, k):
-    """Dense phase: all weights kept, weights train, scores frozen; else the search at k."""
+def _train_convs(model, weights, scores):
+    """requires_grad of every conv's weight and bias, and of every masked layer's scores."""
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):
             for p in (m.weight, m.bias):
                 if p is not None:
-                    p.requires_grad_(dense)
+                    p.requires_grad_(weights)
         if isinstance(m, MaskedConv):
-            m.scores.requires_grad_(not dense)
-            m.set_prune_rate(1.0 if dense else k)
+            m.scores.requires_grad_(scores)
+
+
+def set_phase(model, dense, k):
+    """Dense phase: all weights kept, weights train, scores frozen; else the search at k."""
+    _train_convs(model, weights=dense, scores=not dense)
+    set_ticket_rate(model, 1.0 if dense else k)
 
 
 def set_ticket_rate(model, k):
@@ -78,13 +83,7 @@ def check(cfg, task, ctx):
 
 def prepare(model, cfg):
     """Before the optimiser is built: it must hold both the weights and the scores."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            for p in (m.weight, m.bias):
-                if p is not None:
-                    p.requires_grad_(True)
-        if isinstance(m, MaskedConv):
-            m.scores.requires_grad_(True)
+    _train_convs(model, weights=True, scores=True)
 
 
 train_lottery.check = check
