@@ -39,7 +39,7 @@ def masked_layers(model):
 
 
 def set_model_prune_rate(model, k):
-    """Set k (fraction kept) on every masked layer."""
-    check_prune_rate(k)
+    """Set k (fraction kept) on every masked layer. No range check: the callers'
+    k are checked at the CLI, or (--progressive_prune) may reach k <= 0 as in the original."""
     for m in masked_layers(model):
         m.set_prune_rate(k)

@@ -21,6 +21,7 @@ import logging
 
 import torch
 
+from models import set_model_prune_rate
 from models.conv_type import CONV_TYPES, FixedSubnetConv, MaskedConv, SampleSubnetConv
 from trainers.train import TRAINERS, train_epoch
 from utils.distributed import DistContext
@@ -43,13 +44,7 @@ def _train_convs(model, weights, scores):
 def set_phase(model, dense, k):
     """Dense phase: all weights kept, weights train, scores frozen; else the search at k."""
     _train_convs(model, weights=dense, scores=not dense)
-    set_ticket_rate(model, 1.0 if dense else k)
-
-
-def set_ticket_rate(model, k):
-    for m in model.modules():
-        if isinstance(m, MaskedConv):
-            m.set_prune_rate(k)
+    set_model_prune_rate(model, 1.0 if dense else k)
 
 
 @TRAINERS.register("lottery")
@@ -63,7 +58,7 @@ def train_lottery(model, loader, optimizer, criterion, cfg, device, epoch, ctx=D
     try:
         return train_epoch(model, loader, optimizer, criterion, cfg, device, epoch, ctx=ctx, **kwargs)
     finally:
-        set_ticket_rate(model, float(cfg.prune_rate))
+        set_model_prune_rate(model, float(cfg.prune_rate))
 
 
 def check(cfg, task, ctx):

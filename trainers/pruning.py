@@ -17,6 +17,7 @@ import logging
 
 import torch
 
+from models import set_model_prune_rate
 from models.conv_type import FixedSubnetConv, MaskedConv, SampleSubnetConv
 
 log = logging.getLogger("rst")
@@ -103,7 +104,5 @@ def set_progressive_k(model, cfg, epoch):
     if k <= 0 and epoch % max(1, cfg.discard_epoch) == 0:
         log.warning("progressive_prune: k = %.4g at epoch %d, so every mask is empty (as in the original)",
                     k, epoch)
-    for m in model.modules():
-        if isinstance(m, MaskedConv):
-            m.set_prune_rate(k)
+    set_model_prune_rate(model, k)
     return k
