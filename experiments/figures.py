@@ -21,7 +21,7 @@ sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or ".") not in 
 
 from experiments import report, runner, slurm  # noqa: E402
 from experiments.points import ABLATIONS, STAGES, figure_points, link_tickets  # noqa: E402
-from experiments.spec import FIGURES, PROFILES, load_spec, unique_points  # noqa: E402
+from experiments.spec import FIGURES, PROFILES, load_spec, spec_seeds, unique_points  # noqa: E402
 from utils.errors import UserError, cli_main  # noqa: E402
 from utils.run_dir import setup_logging  # noqa: E402
 
@@ -43,6 +43,8 @@ def build_parser():
     p.add_argument("--ablation", action="append", default=[], choices=ABLATIONS + ("all",),
                    help="existence: add an ablation panel (repeatable; 'all' for every one)")
     p.add_argument("--data", default=None, help="dataset root passed to every point (--data)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="repeat every point with seeds 0..N-1 (default: the spec's 'seeds', 3 for digits, else 1)")
     p.add_argument("--dry-run", action="store_true", help="list every point, its state and command; run nothing")
     p.add_argument("--slurm", action="store_true", help="write sbatch --array scripts per stage (run nothing here)")
     p.add_argument("--submit", action="store_true", help="with --slurm: submit them (needs sbatch)")
@@ -69,7 +71,8 @@ def build(args, cwd):
     ablations = list(ABLATIONS) if "all" in args.ablation else list(dict.fromkeys(args.ablation))
     out = out_dir(args, cwd)
     fig_dir = os.path.join(out, args.figure)
-    all_points = figure_points(args.figure, spec, fig_dir, ablations)
+    spec["seed_list"] = spec_seeds(spec, args.seeds)
+    all_points = figure_points(args.figure, spec, fig_dir, ablations, spec["seed_list"])
     return spec, out, fig_dir, all_points, unique_points(all_points)
 
 

@@ -11,6 +11,10 @@ only the points of earlier stages.
 * application: ``train`` (tickets at every k in one random network, dense network),
   then ``transfer`` (the transfer matrix and the R2S evaluation of those tickets,
   read from a folder of links that ``figures.py --prepare transfer`` makes).
+
+Every point is repeated per seed (``--seeds N``: seeds 0..N-1, each a different
+random network, data order and attack start): seed s runs under
+``<figure dir>/runs/seed=<s>/`` with ``--seed s``, its id ends in ``/seed=<s>``.
 """
 import os
 import re
@@ -120,16 +124,17 @@ def property_points(spec, log_dir):
     return points
 
 
-def ticket_folder(fig_dir):
-    return os.path.join(fig_dir, "tickets")
+def ticket_folder(fig_dir, seed):
+    return os.path.join(fig_dir, "tickets", f"seed={seed}")
 
 
 def ticket_file(arch, k):
     return f"{arch['label'].split()[0]}_{k:g}.pth"
 
 
-def application_points(spec, log_dir, fig_dir):
-    """Tickets of one random network (same seed) at every k, a dense network, then transfer and R2S."""
+def application_points(spec, log_dir, tickets):
+    """Tickets of one random network (same seed) at every k, a dense network, then transfer and R2S
+    (``tickets``: the folder of links to the tickets)."""
     ks, arch, points = _ks(spec), _arch(spec), []
     flags = merged(spec.get("flags"), arch.get("flags"))
     if "seed" not in flags:
@@ -140,7 +145,7 @@ def application_points(spec, log_dir, fig_dir):
     points.append(training_point("dense", "train", arch["config"], merged(flags, spec.get("dense")),
                                  task="train_full", name="application", log_dir=log_dir,
                                  fields={"model": arch["label"], "variant": "dense AT"}))
-    source = os.path.join(ticket_folder(fig_dir), ticket_file(arch, min(ks)))
+    source = os.path.join(tickets, ticket_file(arch, min(ks)))
     for mode, extra in (("matrix", spec.get("transfer")), ("r2s", spec.get("r2s"))):
         points.append(transfer_point(mode, "transfer", arch["config"], merged(flags, extra),
                                      name=f"application-{mode}", log_dir=log_dir, source=source,
@@ -149,12 +154,13 @@ def application_points(spec, log_dir, fig_dir):
 
 
 def link_tickets(spec, points, fig_dir):
-    """``<figure dir>/tickets/<arch>_<k>.pth``: links to each finished search's model_best.pth."""
-    folder, arch = ticket_folder(fig_dir), _arch(spec)
-    os.makedirs(folder, exist_ok=True)
+    """``<figure dir>/tickets/seed=<s>/<arch>_<k>.pth``: links to each finished search's model_best.pth."""
+    arch = _arch(spec)
     for p in points:
         if p.script != "main.py" or p.stage != "train":
             continue
+        folder = ticket_folder(fig_dir, p.seed)
+        os.makedirs(folder, exist_ok=True)
         target = os.path.join(p.run_dir(), "checkpoints", "model_best.pth")
         if not os.path.isfile(target):
             raise UserError(f"ticket {p.id} is not finished: {target} is missing (run the train stage first)")
@@ -165,12 +171,25 @@ def link_tickets(spec, points, fig_dir):
     return folder
 
 
-def figure_points(figure, spec, fig_dir, ablations=()):
-    log_dir = os.path.join(fig_dir, "runs")
+def seed_points(figure, spec, fig_dir, seed, ablations=()):
+    """The figure's points for one seed: ``--seed seed``, runs under ``runs/seed=<seed>/``."""
+    log_dir = os.path.join(fig_dir, "runs", f"seed={seed}")
+    spec = dict(spec, flags=dict(spec.get("flags") or {}, seed=seed))
     if figure == "existence":
-        return existence_points(spec, log_dir, ablations)
-    if ablations:
+        points = existence_points(spec, log_dir, ablations)
+    elif ablations:
         raise UserError("--ablation applies to the existence figure only")
-    if figure == "property":
-        return property_points(spec, log_dir)
-    return application_points(spec, log_dir, fig_dir)
+    elif figure == "property":
+        points = property_points(spec, log_dir)
+    else:
+        points = application_points(spec, log_dir, ticket_folder(fig_dir, seed))
+    for p in points:
+        p.base, p.seed = p.id, seed
+        p.id = f"{p.id}/seed={seed}"
+        p.fields = dict(p.fields, seed=seed)
+    return points
+
+
+def figure_points(figure, spec, fig_dir, ablations=(), seeds=(0,)):
+    """Every point of the figure, seed by seed (all of seed 0's, then seed 1's, ...)."""
+    return [p for seed in seeds for p in seed_points(figure, spec, fig_dir, seed, ablations)]

@@ -24,7 +24,8 @@ CONFIG_DIR = os.path.join("experiments", "configs")
 FIGURES = ("existence", "property", "application")
 PROFILES = ("smoke", "digits", "cifar10")
 SPEC_KEYS = {"figure", "profile", "budget", "flags", "archs", "arch", "ks", "dense", "ablations", "finetune",
-             "dense_natural", "dense_adversarial", "rtt", "transfer", "r2s", "slurm", "paper_overlay"}
+             "dense_natural", "dense_adversarial", "rtt", "transfer", "r2s", "slurm", "paper_overlay", "seeds",
+             "convergence", "claims"}
 RESULT_FILES = {"main.py": "results.json", "train_full.py": "results.json"}
 
 
@@ -87,7 +88,8 @@ def merged(*dicts):
 
 @dataclass
 class Point:
-    """One run. ``fields`` are the CSV columns that place it in the figure."""
+    """One run. ``fields`` are the CSV columns that place it in the figure; ``base`` is the
+    point's id without its seed (the summary row's key), ``seed`` its ``--seed``."""
     id: str
     stage: str
     script: str
@@ -95,6 +97,8 @@ class Point:
     task: str
     result: str
     fields: dict = field(default_factory=dict)
+    base: str = None
+    seed: int = None
 
     def command(self, python="python"):
         return shlex.join([python, self.script, *self.argv])
@@ -135,6 +139,14 @@ def transfer_point(pid, stage, config, flags, *, name, log_dir, source, source_k
     argv += ["--all_sources"] if mode == "matrix" else ["--r2s"]
     result = "transfer_matrix.json" if mode == "matrix" else "r2s.json"
     return Point(pid, stage, "test_trans.py", argv, "transfer", result, dict(fields or {}))
+
+
+def spec_seeds(spec, override=None):
+    """The seeds every point is repeated with: 0..N-1, N from ``--seeds`` or the spec's ``seeds`` (1)."""
+    n = override if override is not None else spec.get("seeds", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise UserError(f"seeds must be a positive integer, got {n!r} ({spec['path']} or --seeds)")
+    return list(range(n))
 
 
 def unique_points(points):

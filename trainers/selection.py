@@ -7,6 +7,8 @@
   epoch's accuracies on the TEST split.
 * ``last_*``: the last epoch's accuracies on the test split (``natural_acc1`` /
   ``robust_acc1`` are the same numbers, kept for scripts that read them).
+* ``history``: every validation of the run on the selection split (epoch, train,
+  natural and robust top-1), from which the figures judge convergence.
 
 Without ``--val_split`` the selection split is the test split, so nothing is
 measured twice; with it, the test split is measured only at a new best and at the
@@ -68,7 +70,8 @@ def result_fields(cfg, state):
             "best_epoch": state.best_epoch,
             "best_natural_acc1": at_best.get("natural_acc1"), "best_robust_acc1": at_best.get("robust_acc1"),
             "natural_acc1_at_best_robustness": state.natural_acc1_at_best_robustness if attack else None,
-            "selection": selection_split(cfg)}
+            "selection": selection_split(cfg),
+            "history": list(state.history)}  # every validation on the selection split (convergence checks)
 
 
 def reevaluate(measure, state, cfg, saved_config, holdout, best_model, device):
