@@ -1,22 +1,34 @@
 """Collecting finished points into rows: ``<figure>.csv`` and ``<figure>.md``.
 
-Training points (results.json): natural and robust accuracy at the best epoch
-(``natural_acc1_at_best_robustness`` / ``best_acc1``, the epoch with the highest
-PGD-20 accuracy on the evaluation split: the paper's protocol), the last
-validation's ``natural_acc1``/``robust_acc1``, and any ``last_*`` keys. Transfer
-points: the ``strong`` transfer matrix (PGD-20 without early stop, the headline), with
-the paper's early-stopped matrix's off-diagonal mean beside it, and the R2S accuracies.
-An unfinished point gives a row with empty metrics.
+Training points (results.json): the selected epoch's accuracies on the test split
+(``best_natural_acc1`` / ``best_robust_acc1``; the epoch is selected by PGD-20 accuracy
+on the selection split, named in ``selection``), the selection metric itself
+(``best_acc1``, with ``natural_acc1_at_best_robustness``), the last validation's
+``natural_acc1``/``robust_acc1``, any ``last_*`` keys, and ``converged`` (see
+``experiments.convergence``). Transfer points: the ``strong`` transfer matrix (the
+headline), with the paper's early-stopped matrix's off-diagonal mean beside it, and the
+R2S accuracies. An unfinished point gives a row with empty metrics.
+
+Every point is one row per seed (``row`` = ``seed``); ``summary_rows`` adds one row per
+point (``row`` = ``summary``) with the mean over seeds and, for the headline metrics,
+``<metric>_sd`` and ``<metric>_ci95`` (half-width of the 95% interval, see
+``experiments.stats``).
 """
 import csv
 import json
 import os
 
+from experiments.convergence import converged
 from experiments.runner import point_status
+from experiments.stats import describe
 
 SETTINGS = ("set", "arch", "width_mult", "init", "conv_type", "epochs", "batch_size", "lr", "lr_policy",
             "attack_type", "attack_iters", "epsilon", "n_eval", "seed")
-TRAIN_METRICS = ("natural_acc1_at_best_robustness", "best_acc1", "natural_acc1", "robust_acc1")
+TRAIN_METRICS = ("best_natural_acc1", "best_robust_acc1", "natural_acc1_at_best_robustness", "best_acc1",
+                 "best_epoch", "natural_acc1", "robust_acc1")
+HEADLINE = ("best_natural_acc1", "best_robust_acc1", "r2s_natural", "r2s_transfer_paper", "r2s_transfer_strong",
+            "r2s_worst_case", "offdiag_mean", "diag_mean", "offdiag_mean_paper")
+NOT_SUMMED = set(SETTINGS) | {"k", "seed", "tickets", "epochs_done", "best_epoch"}
 
 
 def _get(data, dotted, default=None):
@@ -70,10 +82,11 @@ def transfer_metrics(data):
             "diag_mean": mean(diag), "offdiag_mean_paper": mean(offdiag(paper_rows))}
 
 
-def point_row(point, figure):
-    """One CSV row: the point's place in the figure, settings, metrics, run directory and command."""
+def point_row(point, figure, rule=None):
+    """One CSV row: the point's place in the figure, settings, metrics, run directory and command
+    (``rule``: the spec's convergence rule)."""
     cfg = point.config()
-    row = {"figure": figure, "id": point.id, **point.fields, "task": point.task}
+    row = {"figure": figure, "row": "seed", "id": point.base or point.id, **point.fields, "task": point.task}
     row.update({k: getattr(cfg, k, None) for k in SETTINGS})
     status = point_status(point)
     data = read_json(point.result_path()) if status == "done" else None
@@ -82,12 +95,42 @@ def point_row(point, figure):
         row.update({k: data.get(k) for k in TRAIN_METRICS})
         row.update({k: v for k, v in data.items() if k.startswith("last_") and isinstance(v, (int, float))})
         row["epochs_done"], row["train_seconds"] = data.get("epochs_done"), data.get("train_seconds")
+        row["converged"] = converged(data.get("history"), data.get("epochs_done"), rule)
+        row["selection"] = data.get("selection")
     elif data is not None and point.result == "r2s.json":
         row.update(r2s_metrics(data))
     elif data is not None:
         row.update(transfer_metrics(data))
     row["run_dir"], row["command"] = point.run_dir(), point.command()
     return row
+
+
+def summary_rows(rows):
+    """One ``summary`` row per point id (in order): identifying fields, the mean of every metric over
+    the seeds, ``_sd``/``_ci95`` of the headline metrics, ``n_seeds``, and ``converged`` as 'c/n'."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(r["id"], []).append(r)
+    out = []
+    for pid, members in groups.items():
+        first = members[0]
+        row = {k: v for k, v in first.items()
+               if k in NOT_SUMMED or not isinstance(v, (int, float)) or isinstance(v, bool)}
+        row.update(row="summary", seed=None, run_dir=None, command=None, selection=first.get("selection"),
+                   n_seeds=len(members))
+        done = sum(r.get("status") == "done" for r in members)
+        row["status"] = "done" if done == len(members) else f"{done}/{len(members)} done"
+        flags = [r.get("converged") for r in members if r.get("converged") is not None]
+        row["converged"] = f"{sum(bool(f) for f in flags)}/{len(members)}" if flags else None
+        metrics = [k for r in members for k, v in r.items()
+                   if k not in NOT_SUMMED and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for k in dict.fromkeys(metrics):
+            d = describe([r.get(k) for r in members])
+            row[k] = d["mean"]
+            if k in HEADLINE:
+                row[f"{k}_sd"], row[f"{k}_ci95"] = d["sd"], d["ci95"]
+        out.append(row)
+    return out
 
 
 def write_csv(path, rows):

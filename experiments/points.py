@@ -13,8 +13,13 @@ only the points of earlier stages.
   read from a folder of links that ``figures.py --prepare transfer`` makes).
 
 Every point is repeated per seed (``--seeds N``: seeds 0..N-1, each a different
-random network, data order and attack start): seed s runs under
-``<figure dir>/runs/seed=<s>/`` with ``--seed s``, its id ends in ``/seed=<s>``.
+random network, data order and attack start): seed s runs with ``--seed s`` under
+``<out>/runs/seed=<s>/``, and its id ends in ``/seed=<s>``. The run folder is shared by
+the three figures of one ``--out``, and runs are named by what they are (``rst``: a
+search or its fine-tuning, ``dense``: dense adversarial training, ``dense-natural``,
+``rtt-natural``/``rtt-adversarial``), not by figure: a run two figures need (the
+cResNet18 searches and dense network of the digits profile) runs once. Two figures
+that want the same run with other flags stop with the runner's settings-conflict error.
 """
 import os
 import re
@@ -24,6 +29,7 @@ from utils.config import parse_config
 from utils.errors import UserError
 
 ABLATIONS = ("init", "granularity", "attack")
+RST, DENSE = "rst", "dense"  # run names shared by every figure of a profile (see seed_points)
 STAGES = {"existence": ("train",), "property": ("train", "finetune"), "application": ("train", "transfer")}
 
 
@@ -63,10 +69,10 @@ def existence_points(spec, log_dir, ablations=()):
         fields = {"panel": "main", "model": arch["label"]}
         for k in ks:
             points.append(training_point(f"search/{slug(arch['label'])}/k={k:g}", "train", arch["config"], flags,
-                                         name="existence", log_dir=log_dir, k=k,
+                                         name=RST, log_dir=log_dir, k=k,
                                          fields=dict(fields, variant="RST")))
         points.append(training_point(f"dense/{slug(arch['label'])}", "train", arch["config"],
-                                     merged(flags, spec.get("dense")), task="train_full", name="existence",
+                                     merged(flags, spec.get("dense")), task="train_full", name=DENSE,
                                      log_dir=log_dir, fields=dict(fields, variant="dense AT")))
     for name in ablations:
         points += ablation_points(spec, log_dir, name, archs[0])
@@ -84,7 +90,7 @@ def ablation_points(spec, log_dir, name, arch):
         config = variant.get("config", arch["config"])
         extra = variant.get("flags") or {}
         same = _same_as(config, base, extra)  # e.g. element-wise masks = the main panel's runs
-        run_name = "existence" if same else f"existence-{name}-{slug(variant['label'])}"
+        run_name = RST if same else f"{RST}-{name}-{slug(variant['label'])}"
         flags = base if same else merged(base, extra)
         for k in [float(k) for k in ablation.get("ks") or _ks(spec)]:
             points.append(training_point(f"{name}/{slug(variant['label'])}/k={k:g}", "train", config, flags,
@@ -99,12 +105,13 @@ def property_points(spec, log_dir):
     flags = merged(spec.get("flags"), arch.get("flags"))
     label = arch["label"]
     for k in ks:
-        points.append(training_point(f"search/k={k:g}", "train", arch["config"], flags, name="property",
+        points.append(training_point(f"search/k={k:g}", "train", arch["config"], flags, name=RST,
                                      log_dir=log_dir, k=k, fields={"model": label, "variant": "RST"}))
     dense = {}
     for kind in ("natural", "adversarial"):
         p = training_point(f"dense/{kind}", "train", arch["config"], merged(flags, spec.get(f"dense_{kind}")),
-                           task="train_full", name=f"property-{kind}", log_dir=log_dir,
+                           task="train_full", name=DENSE if kind == "adversarial" else f"{DENSE}-{kind}",
+                           log_dir=log_dir,
                            fields={"model": label, "variant": f"dense ({kind})"})
         dense[kind] = p
         points.append(p)
@@ -112,13 +119,13 @@ def property_points(spec, log_dir):
         ticket = os.path.join(points[ks.index(k)].run_dir(), "checkpoints", "model_best.pth")
         for task in ("ft_inherit", "ft_reinit"):
             points.append(training_point(f"{task}/k={k:g}", "finetune", arch["config"],
-                                         merged(flags, spec.get("finetune")), task=task, name="property",
+                                         merged(flags, spec.get("finetune")), task=task, name=RST,
                                          log_dir=log_dir, k=k, pretrained=ticket,
                                          fields={"model": label, "variant": task}))
         for kind, p in dense.items():
             weights = os.path.join(p.run_dir(), "checkpoints", "model_best.pth")
             points.append(training_point(f"rtt-{kind}/k={k:g}", "finetune", arch["config"],
-                                         merged(flags, spec.get("rtt")), name=f"property-rtt-{kind}",
+                                         merged(flags, spec.get("rtt")), name=f"rtt-{kind}",
                                          log_dir=log_dir, k=k, pretrained=weights,
                                          fields={"model": label, "variant": f"RTT ({kind})"}))
     return points
@@ -129,7 +136,8 @@ def ticket_folder(fig_dir, seed):
 
 
 def ticket_file(arch, k):
-    return f"{arch['label'].split()[0]}_{k:g}.pth"
+    name = re.split(r"[\s,(]+", arch["label"])[0]  # "cResNet18, width 0.25" -> cResNet18
+    return f"{name}_{k:g}.pth"
 
 
 def application_points(spec, log_dir, tickets):
@@ -140,10 +148,10 @@ def application_points(spec, log_dir, tickets):
     if "seed" not in flags:
         raise UserError(f"{spec['path']}: 'flags' must fix 'seed' (tickets of ONE random network)")
     for k in ks:
-        points.append(training_point(f"search/k={k:g}", "train", arch["config"], flags, name="application",
+        points.append(training_point(f"search/k={k:g}", "train", arch["config"], flags, name=RST,
                                      log_dir=log_dir, k=k, fields={"model": arch["label"], "variant": "RST"}))
     points.append(training_point("dense", "train", arch["config"], merged(flags, spec.get("dense")),
-                                 task="train_full", name="application", log_dir=log_dir,
+                                 task="train_full", name=DENSE, log_dir=log_dir,
                                  fields={"model": arch["label"], "variant": "dense AT"}))
     source = os.path.join(tickets, ticket_file(arch, min(ks)))
     for mode, extra in (("matrix", spec.get("transfer")), ("r2s", spec.get("r2s"))):
@@ -173,7 +181,7 @@ def link_tickets(spec, points, fig_dir):
 
 def seed_points(figure, spec, fig_dir, seed, ablations=()):
     """The figure's points for one seed: ``--seed seed``, runs under ``runs/seed=<seed>/``."""
-    log_dir = os.path.join(fig_dir, "runs", f"seed={seed}")
+    log_dir = os.path.join(os.path.dirname(fig_dir), "runs", f"seed={seed}")
     spec = dict(spec, flags=dict(spec.get("flags") or {}, seed=seed))
     if figure == "existence":
         points = existence_points(spec, log_dir, ablations)
