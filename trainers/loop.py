@@ -28,7 +28,7 @@ from utils.errors import UserError
 from utils.eval_checks import check_eval_settings
 from utils.provenance import main_protocol, protocol_changes
 from utils.run_dir import Run, config_dict, run_dir_for, setup_logging
-from utils.seed import gather_rng_states, get_rng_state, rng_for_rank, seed_all, set_rng_state
+from utils.seed import gather_rng_states, get_rng_state, resolve_seed, rng_for_rank, seed_all, set_rng_state
 
 log = logging.getLogger("rst")
 
@@ -55,6 +55,7 @@ def run_main(cfg, entry="main"):
             set_trainable(model, weights=True, scores=False)
         else:
             setup_task(model, cfg, run_dir_for(cfg, task))
+        seed_rank(cfg, ctx)
         resume = None if cfg.evaluate else load_resume(cfg, run_dir_for(cfg, task), model)
         selection.check_same_split(cfg, resume)
         run = Run(cfg, ctx.is_main, task=task)
@@ -91,6 +92,7 @@ def prepare(cfg, ctx):
     same seed, and the seed is set again before the model.
     """
     device = select_device(cfg, ctx)
+    resolve_seed(cfg, lambda seed: all_reduce_sum(ctx, [seed if ctx.is_main else 0], device)[0])
     seed_all(cfg.seed)
     data = split_holdout(build_dataset(cfg), cfg.val_split)
     info = data.info
@@ -100,9 +102,15 @@ def prepare(cfg, ctx):
     model = model.to(device)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    if cfg.seed is not None:
-        seed_all(cfg.seed + ctx.rank)  # per-rank attack starts and augmentation
     return device, data, model
+
+
+def seed_rank(cfg, ctx):
+    """Ranks > 0 get their own attack starts and augmentation (seed + rank), after the task
+    setup so that ft_reinit's draws are rank 0's; rank 0 continues the stream that built the
+    model, as the original's single process does (ft_reinit's new weights come from it)."""
+    if ctx.rank:
+        seed_all(cfg.seed + ctx.rank)
 
 
 def validate(cfg, ctx, device, data, model, progress=False, dataset=None):
@@ -128,7 +136,7 @@ def results_dict(cfg, run, state, epochs_done):
     """results.json: accuracies of the last epoch and of the selected one (see trainers.selection)
     and the protocol that measured them."""
     out = {"task": run.task, "arch": cfg.arch, "set": cfg.set, "prune_rate": cfg.prune_rate,
-           "epochs_done": epochs_done}
+           "epochs_done": epochs_done, "seed": cfg.seed}
     out.update(selection.result_fields(cfg, state))
     out.update(train_seconds=round(state.train_seconds, 3), eval_protocol=main_protocol(cfg))
     return out
@@ -226,6 +234,9 @@ def load_resume(cfg, run_dir, model):
     check_arch(ckpt, cfg.arch, path)
     load_model_state(unwrap(model), extract_state_dict(ckpt, path), strict=not cfg.not_strict, path=path)
     TrainState.from_checkpoint(ckpt, path)  # validates the loop position now
+    saved_seed = (ckpt.get("config") or {}).get("seed")
+    if getattr(cfg, "seed_drawn", False) and isinstance(saved_seed, int):
+        cfg.seed = saved_seed  # no --seed: continue with the resumed run's data order
     return path, ckpt
 
 

@@ -3,8 +3,12 @@
 Checkpoints store :func:`get_rng_state` so that a resumed run draws the same
 random numbers (attack starts, augmentation) as an uninterrupted one. The data
 order needs no state here: loaders derive it from (--seed, epoch) alone.
+A run without --seed gets a fresh seed (:func:`resolve_seed`), recorded in its
+config, so its data order and augmentation differ from other runs' (as the
+original's, which shuffles from an unseeded RNG) and ``--seed N`` repeats it.
 """
 import random
+import secrets
 
 import numpy as np
 import torch
@@ -18,6 +22,19 @@ def seed_all(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def resolve_seed(cfg, agree=None):
+    """Give ``cfg.seed`` a value: --seed, else a fresh random one in [0, 2**31).
+
+    ``cfg.seed_drawn`` records which (a resumed run adopts its checkpoint's drawn
+    seed). ``agree(seed) -> seed`` makes every process use rank 0's draw.
+    """
+    cfg.seed_drawn = cfg.seed is None
+    if cfg.seed_drawn:
+        seed = secrets.randbelow(2**31)
+        cfg.seed = int(agree(seed)) if agree else seed
+    return cfg.seed
 
 
 def get_rng_state():
