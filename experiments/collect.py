@@ -148,17 +148,14 @@ def write_csv(path, rows):
             writer.writerow({k: _csv(row.get(k)) for k in columns})
 
 
-def write_matrix_csv(path, data):
-    """Both protocols' matrices (strong first), each under a header naming it."""
+def write_matrix_csv(path, ks, matrices, natural):
+    """Each protocol's matrix (``matrices``: {protocol: rows}, strong first) under a header naming it."""
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        for wanted in ("strong", "paper"):
-            which, ks, rows = matrix_of(data, wanted)
-            if which != wanted:
-                continue
+        for which in [w for w in ("strong", "paper") if w in matrices]:
             writer.writerow([f"source k \\ target k ({which} transfer)"] + [f"{k:g}" for k in ks])
-            writer.writerow(["natural"] + [_csv(a) for a in data.get("natural_acc1", [])])
-            for k, row in zip(ks, rows):
+            writer.writerow(["natural"] + [_csv(a) for a in natural])
+            for k, row in zip(ks, matrices[which]):
                 writer.writerow([f"{k:g}"] + [_csv(a) for a in row])
 
 
@@ -195,6 +192,31 @@ def curve(rows, metric):
     """Sorted (k, value) pairs of rows with a value for ``metric``."""
     pts = sorted((float(r["k"]), r[metric]) for r in rows if r.get(metric) is not None)
     return [k for k, _ in pts], [v for _, v in pts]
+
+
+def curve_ci(rows, metric):
+    """(ks, means, 95% half-widths, unsettled flags) of summary rows with a value for ``metric``;
+    a point is unsettled when not every seed's run converged."""
+    pts = sorted((float(r["k"]), r) for r in rows if r.get(metric) is not None)
+    return ([k for k, _ in pts], [r[metric] for _, r in pts], [r.get(f"{metric}_ci95") for _, r in pts],
+            [not settled(r) for _, r in pts])
+
+
+def settled(row):
+    """A summary row's runs all converged (or no rule applies)."""
+    c = row.get("converged")
+    if not isinstance(c, str) or "/" not in c:
+        return True
+    done, total = c.split("/")
+    return done == total
+
+
+def mean_ci(row, metric):
+    """'mean ± ci95' of a summary row's metric ('–' if absent)."""
+    if row is None or row.get(metric) is None:
+        return "–"
+    ci = row.get(f"{metric}_ci95")
+    return f"{row[metric]:.1f}" if ci is None else f"{row[metric]:.1f} ± {ci:.1f}"
 
 
 def first_value(rows, metric):

@@ -2,6 +2,7 @@
 settings conflicts) and the cifar10 profile's SLURM scripts (bash syntax, commands that
 parse with our CLI, stage dependencies)."""
 import csv
+import json
 import os
 import re
 import shlex
@@ -40,38 +41,66 @@ def read_rows(path):
         return list(csv.DictReader(fh))
 
 
+SEEDS = {"existence": 2, "property": 1, "application": 1}  # --seeds of each smoke figure here
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """All three smoke figures, run once for the module (about 30 s of CPU)."""
+    """All three smoke figures, run once for the module (existence with two seeds; the other
+    figures reuse its cResNet18 searches: the runs of one --out are shared)."""
     out = tmp_path_factory.mktemp("figures")
     for figure in SMOKE_ROWS:
-        proc = figures(figure, "--profile", "smoke", "--out", out, "--jobs", "2")
+        proc = figures(figure, "--profile", "smoke", "--out", out, "--jobs", "2", "--seeds", SEEDS[figure])
         assert proc.returncode == 0, proc.stderr[-3000:]
+        if figure != "existence":
+            assert ": skipped (finished" in proc.stderr  # shared with the existence figure
     return out
 
 
 @pytest.mark.parametrize("figure", sorted(SMOKE_ROWS))
 def test_smoke_figure_rows(smoke, figure):
     folder = smoke / figure
-    rows = read_rows(folder / f"{figure}.csv")
-    assert {(r["id"], r["variant"]) for r in rows} == SMOKE_ROWS[figure]
-    assert all(r["status"] == "done" for r in rows)
+    all_rows = read_rows(folder / f"{figure}.csv")
+    rows = [r for r in all_rows if r["row"] == "seed"]
+    summary = [r for r in all_rows if r["row"] == "summary"]
+    assert {(r["id"], r["variant"]) for r in summary} == SMOKE_ROWS[figure] and len(summary) == len(SMOKE_ROWS[figure])
+    assert sorted((r["id"], r["seed"]) for r in rows) == sorted(
+        (pid, str(s)) for pid, _ in SMOKE_ROWS[figure] for s in range(SEEDS[figure]))
+    assert all(r["status"] == "done" for r in all_rows)
+    assert all(r["n_seeds"] == str(SEEDS[figure]) and r["seed"] == "" for r in summary)
+    claims = json.loads((folder / "claims.json").read_text())["claims"]
+    text = (folder / "claims.md").read_text()
+    assert claims and all(c["verdict"] in ("holds", "does not hold", "inconclusive at this scale") for c in claims)
+    assert all(f"**{c['verdict']}**" in text and c["id"] in text for c in claims)
     for r in rows:
         if r["task"] in ("search", "ft_inherit", "ft_reinit", "train_full"):
             assert 0 <= float(r["natural_acc1"]) <= 100 and r["epochs_done"] == "1"
             assert os.path.isfile(os.path.join(r["run_dir"], "results.json"))
             assert r["command"].startswith(("python main.py", "python train_full.py"))
+            assert f"--seed {r['seed']} " in r["command"] and f"seed={r['seed']}" in r["run_dir"]
     assert (folder / f"{figure}.png").stat().st_size > 10_000
     assert "| k |" in (folder / f"{figure}.md").read_text() or figure == "application"
 
 
+def test_smoke_summary_rows_are_seed_statistics(smoke):
+    all_rows = read_rows(smoke / "existence" / "existence.csv")
+    for pid in ("search/cresnet18/k=0.1", "dense/wrn-34-10"):
+        seeds = [float(r["best_robust_acc1"]) for r in all_rows if r["id"] == pid and r["row"] == "seed"]
+        summary = next(r for r in all_rows if r["id"] == pid and r["row"] == "summary")
+        mean = sum(seeds) / 2
+        assert float(summary["best_robust_acc1"]) == pytest.approx(mean, abs=1e-4)
+        sd = (sum((x - mean) ** 2 for x in seeds)) ** 0.5  # n - 1 = 1
+        assert float(summary["best_robust_acc1_sd"] or 0) == pytest.approx(sd, abs=1e-3)
+        assert float(summary["best_robust_acc1_ci95"] or 0) == pytest.approx(12.706 * sd / 2 ** 0.5, abs=1e-2)
+
+
 def test_smoke_application_outputs(smoke):
-    rows = {r["id"]: r for r in read_rows(smoke / "application" / "application.csv")}
+    rows = {r["id"]: r for r in read_rows(smoke / "application" / "application.csv") if r["row"] == "seed"}
     assert rows["matrix"]["tickets"] == "3" and rows["matrix"]["matrix"] == "strong"  # the headline protocol
     assert 0 <= float(rows["matrix"]["offdiag_mean_paper"]) <= 100  # the paper's, beside it
     assert 0 <= float(rows["r2s"]["r2s_natural"]) <= 100
     assert float(rows["r2s"]["r2s_worst_case"]) <= float(rows["r2s"]["r2s_transfer_paper"]) + 1e-6
-    tickets = sorted(os.listdir(smoke / "application" / "tickets"))
+    tickets = sorted(os.listdir(smoke / "application" / "tickets" / "seed=0"))
     assert tickets == ["cResNet18_0.1.pth", "cResNet18_0.3.pth", "cResNet18_0.5.pth"]
     with open(smoke / "application" / "application_matrix.csv") as fh:
         lines = fh.read().splitlines()
@@ -81,23 +110,25 @@ def test_smoke_application_outputs(smoke):
 
 
 def test_rerun_skips_finished_and_resumes_interrupted(smoke):
-    dirs = {r["id"]: r["run_dir"] for r in read_rows(smoke / "existence" / "existence.csv")}
-    run_dir = dirs["dense/cresnet18"]
+    dirs = {(r["id"], r["seed"]): r["run_dir"] for r in read_rows(smoke / "existence" / "existence.csv")}
+    run_dir = dirs["dense/cresnet18", "1"]
     os.remove(os.path.join(run_dir, "results.json"))  # as if killed after its last checkpoint
-    kept = os.path.join(dirs["search/cresnet18/k=0.1"], "results.json")
-    before = os.path.getmtime(kept)
-    proc = figures("existence", "--profile", "smoke", "--out", smoke)
+    kept = [os.path.join(d, "results.json") for key, d in dirs.items() if key[1] and key != ("dense/cresnet18", "1")]
+    before = [os.path.getmtime(k) for k in kept]
+    proc = figures("existence", "--profile", "smoke", "--out", smoke, "--seeds", 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count(": skipped (finished") == 5
-    assert "dense/cresnet18: running (resuming)" in proc.stderr
-    assert os.path.isfile(os.path.join(run_dir, "results.json")) and os.path.getmtime(kept) == before
-    assert "resumed from" in open(os.path.join(smoke, "existence", "logs", "dense_cresnet18.log")).read()
+    assert proc.stderr.count(": skipped (finished") == 11  # every other point of both seeds
+    assert "dense/cresnet18/seed=1: running (resuming)" in proc.stderr
+    assert os.path.isfile(os.path.join(run_dir, "results.json")) and [os.path.getmtime(k) for k in kept] == before
+    assert "resumed from" in open(os.path.join(smoke, "existence", "logs", "dense_cresnet18_seed=1.log")).read()
 
 
 def test_settings_conflict_is_one_line_error(smoke, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(smoke / "property", out / "property", symlinks=True)
-    settings = next(r["run_dir"] for r in read_rows(out / "property" / "property.csv") if r["id"] == "search/k=0.1")
+    shutil.copytree(smoke / "runs", out / "runs", symlinks=True)
+    settings = next(r["run_dir"] for r in read_rows(out / "property" / "property.csv")
+                    if r["id"] == "search/k=0.1" and r["row"] == "seed")
     settings = os.path.join(settings.replace(str(smoke), str(out)), "settings.txt")
     with open(settings) as fh:
         text = fh.read()
@@ -178,6 +209,7 @@ def test_dry_run_lists_every_point():
     proc = figures("property", "--profile", "digits", "--dry-run", "--out", "/nonexistent/figures")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 12 and all(" new " in line for line in lines)
-    assert sum(line.startswith("finetune") for line in lines) == 8
+    assert len(lines) == 66 and all(" new " in line for line in lines)  # 22 points x 3 seeds
+    assert sum(line.startswith("finetune") for line in lines) == 48
+    assert sum("--seed 2 " in line and "seed=2" in line for line in lines) == 22
     assert all("--automatic_resume" in line for line in lines)
