@@ -1,0 +1,66 @@
+"""Seed statistics, the convergence rule and the claims' verdict rules (experiments/)."""
+import pytest
+
+from experiments import claims
+from experiments.convergence import converged
+from experiments.stats import describe, paired
+
+RULE = {"rule": "last_third", "tolerance": 1.0}
+
+
+def test_describe_is_student_t_interval():
+    d = describe([1.0, 2.0, 3.0, None])
+    assert d["n"] == 3 and d["mean"] == 2.0 and d["sd"] == pytest.approx(1.0)
+    assert d["ci95"] == pytest.approx(4.303 / 3 ** 0.5) and d["low"] < 2.0 < d["high"]
+    assert describe([5.0])["ci95"] is None and describe([])["mean"] is None
+
+
+def test_paired_matches_seeds():
+    d = paired({0: 10.0, 1: 12.0, 2: 50.0}, {0: 8.0, 1: 9.0, 3: 0.0})  # seeds 2 and 3 unpaired
+    assert d["n"] == 2 and d["mean"] == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("late, expected", [(70.5, True), (71.0, True), (71.5, False)])
+def test_convergence_last_third(late, expected):
+    history = [{"epoch": e, "robust_acc1": v} for e, v in ((0, 40.0), (6, 65.0), (12, 70.0), (14, late), (19, 69.0))]
+    assert converged(history, 20, RULE) is expected
+
+
+def test_convergence_unknown_without_late_validations_or_rule():
+    assert converged([{"epoch": 0, "robust_acc1": 50.0}], 1, RULE) is None
+    assert converged([{"epoch": 0, "robust_acc1": 50.0}, {"epoch": 19, "robust_acc1": 60.0}], 20, None) is None
+    assert converged([{"epoch": 0, "natural_acc1": 50.0}, {"epoch": 19, "natural_acc1": 60.0}], 20, RULE) is False
+
+
+def rows(diffs_by_k, dense=50.0):
+    """Per-seed existence rows: RST = dense + diff at each k, three seeds."""
+    out = [{"row": "seed", "model": "m", "arch": "cResNet18", "panel": "main", "variant": "dense AT", "k": 1.0,
+            "seed": s, "best_robust_acc1": dense} for s in range(3)]
+    for k, diffs in diffs_by_k.items():
+        out += [{"row": "seed", "model": "m", "arch": "cResNet18", "panel": "main", "variant": "RST", "k": k,
+                 "seed": s, "best_robust_acc1": dense + d} for s, d in enumerate(diffs)]
+    return out
+
+
+def test_existence_match_claim_verdicts():
+    close = {0.1: [-1, 0, 1], 0.3: [0, 1, 2], 0.5: [-2, -1, 0]}
+    far = {0.1: [-20, -21, -19], 0.3: [-30, -29, -31], 0.5: [-25, -24, -26]}
+    noisy = {0.1: [-30, 10, -5], 0.3: [-1, 0, 1], 0.5: [0, 1, 2]}
+    verdict = {k: {c["id"]: c["verdict"] for c in claims.existence_claims(rows(v))} for k, v in
+               (("close", close), ("far", far), ("noisy", noisy))}
+    assert verdict["close"]["C1a m"] == claims.HOLDS
+    assert verdict["far"]["C1a m"] == claims.FAILS
+    assert verdict["noisy"]["C1a m"] == claims.OPEN
+
+
+def test_shape_claim_needs_rise_and_fall():
+    peaked = {0.01: [-10, -11, -9], 0.1: [0, 1, 0], 0.9: [-8, -7, -9]}
+    flat_end = {0.01: [-10, -11, -9], 0.1: [0, 1, 0], 0.9: [1, 2, 1]}
+    assert {c["id"]: c["verdict"] for c in claims.existence_claims(rows(peaked))}["C1b m"] == claims.HOLDS
+    assert {c["id"]: c["verdict"] for c in claims.existence_claims(rows(flat_end))}["C1b m"] == claims.FAILS
+
+
+def test_write_claims(tmp_path):
+    path = claims.write_claims("existence", rows({0.1: [0, 1, 0]}), str(tmp_path), "header")
+    text = open(path).read()
+    assert "| **C1a m**" in text and "**holds**" in text and (tmp_path / "claims.json").exists()
