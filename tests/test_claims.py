@@ -64,3 +64,11 @@ def test_write_claims(tmp_path):
     path = claims.write_claims("existence", rows({0.1: [0, 1, 0]}), str(tmp_path), "header")
     text = open(path).read()
     assert "| **C1a m**" in text and "**holds**" in text and (tmp_path / "claims.json").exists()
+
+
+def test_convergence_tolerance_grows_with_sampling_noise():
+    history = [{"epoch": 0, "robust_acc1": 60.0}, {"epoch": 12, "robust_acc1": 89.9}, {"epoch": 16, "robust_acc1": 92.3}]
+    assert converged(history, 20, RULE) is False  # +2.4 points > 1 point
+    noisy = dict(RULE, sigmas=2, examples=287)  # 2 SE at 92.3% on 287 images = 3.1 points
+    assert converged(history, 20, noisy) is True
+    assert converged(history, 20, dict(noisy, examples=100000)) is False  # a huge split: 1 point again
