@@ -1,16 +1,19 @@
 """The paper's three figures, one command each (see README, "Paper figures").
 
     python experiments/figures.py {existence,property,application} --profile {smoke,digits,cifar10}
-                                  [--out DIR] [--dry-run] [--slurm [--submit]] [--ablation NAME]
+                                  [--out DIR] [--seeds N] [--dry-run] [--slurm [--submit]]
+                                  [--ablation NAME] [--collect-only] [--publish DIR]
 
 Runs every point of the figure that is not finished yet (ordinary runs of main.py,
-train_full.py and test_trans.py, resumable), then writes DIR/<figure>/<figure>.csv,
-.md and .png. DIR defaults to runs/figures/<profile>. Commands run from the
+train_full.py and test_trans.py, resumable), each with seeds 0..N-1, then writes
+DIR/<figure>/<figure>.csv, .md, .png and claims.md/.json. DIR defaults to
+runs/figures/<profile>; the runs of its figures are shared under DIR/runs/. Commands run from the
 repository root; relative paths in them are relative to it.
 """
 import argparse
 import logging
 import os
+import shutil
 import sys
 import time
 
@@ -51,6 +54,8 @@ def build_parser():
     p.add_argument("--jobs", type=int, default=1, help="points of a stage run at once (each with cores/jobs threads)")
     p.add_argument("--spawn", action="store_true", help="start a fresh interpreter per point instead of forking")
     p.add_argument("--collect-only", action="store_true", help="only collect finished points and draw")
+    p.add_argument("--publish", default=None, metavar="DIR",
+                   help="also copy the figure's CSV, MD, PNG and claims to DIR as <figure>.*, <figure>_claims.*")
     p.add_argument("--prepare", default=None, help=argparse.SUPPRESS)  # SLURM: set up a stage (ticket links)
     p.add_argument("--check", type=int, default=None, help=argparse.SUPPRESS)  # SLURM: exit 0 iff point done
     p.add_argument("--stage", default=None, help=argparse.SUPPRESS)
@@ -110,9 +115,23 @@ def check(args, points):
 
 def collect(args, spec, fig_dir, all_points):
     out = report.REPORTS[args.figure](spec, all_points, fig_dir)
-    for kind in ("csv", "md", "png"):
+    for kind in ("csv", "md", "png", "claims"):
         log.info("wrote %s", out[kind])
+    if args.publish:
+        publish(args.figure, fig_dir, args.publish)
     return out
+
+
+def publish(figure, fig_dir, dest):
+    """Copy the figure's outputs to ``dest`` (docs/figures/ in this repository)."""
+    os.makedirs(dest, exist_ok=True)
+    names = {f"{figure}.{ext}": f"{figure}.{ext}" for ext in ("csv", "md", "png")}
+    names.update({"claims.md": f"{figure}_claims.md", "claims.json": f"{figure}_claims.json",
+                  "application_matrix.csv": "application_matrix.csv"})
+    for src, name in names.items():
+        if os.path.isfile(os.path.join(fig_dir, src)):
+            shutil.copyfile(os.path.join(fig_dir, src), os.path.join(dest, name))
+            log.info("published %s", os.path.join(dest, name))
 
 
 def main(argv=None):
@@ -121,6 +140,8 @@ def main(argv=None):
         args.slurm = True
     setup_logging()
     cwd = os.getcwd()
+    if args.publish:
+        args.publish = os.path.abspath(os.path.join(cwd, args.publish))
     os.chdir(ROOT)  # presets and commands are relative to the repository root
     spec, out, fig_dir, all_points, points = build(args, cwd)
     if args.check is not None:

@@ -213,3 +213,11 @@ def test_dry_run_lists_every_point():
     assert sum(line.startswith("finetune") for line in lines) == 48
     assert sum("--seed 2 " in line and "seed=2" in line for line in lines) == 22
     assert all("--automatic_resume" in line for line in lines)
+
+
+def test_collect_only_publishes(smoke, tmp_path):
+    proc = figures("property", "--profile", "smoke", "--out", smoke, "--collect-only", "--publish", tmp_path / "docs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "docs")) == ["property.csv", "property.md", "property.png",
+                                                      "property_claims.json", "property_claims.md"]
+    assert ": running" not in proc.stderr  # nothing ran
