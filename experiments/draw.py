@@ -45,7 +45,7 @@ def k_axis(ax, ks):
     if len(ks) > 1 and min(ks) > 0:
         ax.set_xscale("log")
     if ks:
-        ax.set_xticks(ks, labels=[f"{k:g}" for k in ks])
+        ax.set_xticks(ks, labels=[f"{k:g}" for k in ks], rotation=45 if len(ks) > 5 else 0)
     ax.minorticks_off()
     ax.set_xlabel("k (remaining ratio: fraction of weights kept)")
 
@@ -59,8 +59,10 @@ def _curve(ax, label, xs, ys, style):
         ax.plot(xs, ys, label=label, **style)
     bad = [(x, y) for x, y, u in zip(xs, ys, unsettled or []) if u]
     if bad:
+        label = "not converged in every seed"
         ax.plot([x for x, _ in bad], [y for _, y in bad], linestyle="none", marker="o", markersize=10,
-                markerfacecolor="none", markeredgecolor="red", label="not converged in every seed")
+                markerfacecolor="none", markeredgecolor="red",
+                label=None if label in ax.get_legend_handles_labels()[1] else label)
 
 
 def k_panel(ax, panel):
