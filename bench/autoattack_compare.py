@@ -169,11 +169,12 @@ def main():
     eps = args.epsilon / 255
     report = {"n_eval": len(y), "epsilon": args.epsilon, "threads": args.threads, "seed": args.seed,
               "torchattacks": have_ta, "tickets": [t.name for t in tickets]}
+    if args.skip != "r2s":
+        report["r2s"] = r2s_part(cfg, tickets, data.info, x, y, eps, have_ta, args.seed)
+        print(json.dumps(report["r2s"]), file=sys.stderr, flush=True)
     if args.skip != "standard":
         report["standard"] = standard_part(tickets, x, y, eps, have_ta, args.seed,
                                            reference=args.skip != "reference-standard")
-    if args.skip != "r2s":
-        report["r2s"] = r2s_part(cfg, tickets, data.info, x, y, eps, have_ta, args.seed)
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:
