@@ -49,7 +49,7 @@ def timed(out, key):
     out[key] = {"cpu_s": round(time.process_time() - cpu, 1), "wall_s": round(time.perf_counter() - wall, 1)}
 
 
-def torchattacks_autoattack(model, x, y, eps, version, seed=0, steps=100, n_queries=5000, eot_iter=20):
+def torchattacks_autoattack(model, x, y, eps, version, seed=0, steps=None, n_queries=None, eot_iter=20):
     """torchattacks.AutoAttack as this project set it up before (reference step count, 9 target
     classes, 20 EOT passes for rand); rand: each APGD member on every example, per example the
     output with the lower expected accuracy."""
@@ -61,13 +61,13 @@ def torchattacks_autoattack(model, x, y, eps, version, seed=0, steps=100, n_quer
                                          verbose=False)
         for m in attack._autoattack.attacks:
             if isinstance(m, (torchattacks.APGD, torchattacks.APGDT, torchattacks.FAB)):
-                m.steps = steps
+                m.steps = steps or 100
             if isinstance(m, (torchattacks.APGDT, torchattacks.FAB)):
                 m.n_target_classes = max(1, min(9, n - 1))
             if isinstance(m, torchattacks.APGD) and version == "rand":
                 m.eot_iter = eot_iter
             if isinstance(m, torchattacks.Square):
-                m.n_queries = n_queries
+                m.n_queries = n_queries or 5000
         if version != "rand":
             return attack(x, y).detach()
         outs = [m(x, y).detach() for m in attack._autoattack.attacks]
@@ -79,9 +79,9 @@ def torchattacks_autoattack(model, x, y, eps, version, seed=0, steps=100, n_quer
     return best
 
 
-def reference_cascade(model, x, y, eps, seed=0):
+def reference_cascade(model, x, y, eps, seed=0, steps=None):
     with _isolated(model, x):
-        aa = build_reference(model, eps, "rand", seed, x.device, num_classes(model, x))
+        aa = build_reference(model, eps, "rand", seed, x.device, num_classes(model, x), steps)
         return aa.run_standard_evaluation(x, y, batch_size=len(y))[0].detach()
 
 
@@ -90,23 +90,24 @@ def accuracy(model, x_adv, y):
         return 100.0 * float((model(x_adv).argmax(1) == y).double().mean())
 
 
-def standard_part(tickets, x, y, eps, have_ta, seed, reference=True):
+def standard_part(tickets, x, y, eps, have_ta, seed, reference=True, steps=None, n_queries=None):
     out = {}
     for t in tickets:
         row = {"natural": accuracy(t.model, x, y)}
         if reference:
             with timed(row, "reference_cost"):
-                row["reference"] = accuracy(t.model, autoattack(t.model, x, y, eps, "standard", seed), y)
+                x_adv = autoattack(t.model, x, y, eps, "standard", seed, steps, n_queries)
+            row["reference"] = accuracy(t.model, x_adv, y)
         if have_ta:
             with timed(row, "torchattacks_cost"):
-                row["torchattacks"] = accuracy(t.model, torchattacks_autoattack(t.model, x, y, eps, "standard", seed),
-                                               y)
+                row["torchattacks"] = accuracy(t.model, torchattacks_autoattack(t.model, x, y, eps, "standard", seed,
+                                                                                steps, n_queries), y)
         out[t.name] = row
         print(t.name, row, file=sys.stderr, flush=True)
     return out
 
 
-def r2s_part(cfg, tickets, info, x, y, eps, have_ta, seed):
+def r2s_part(cfg, tickets, info, x, y, eps, have_ta, seed, steps=None):
     r2s = r2s_eval.r2s_from_tickets(tickets, info, seed).eval()
     r2s.reseed(seed)
     views = [r2s.member(j) for j in range(r2s.num_members)]
@@ -121,10 +122,10 @@ def r2s_part(cfg, tickets, info, x, y, eps, have_ta, seed):
             continue
         with timed(rows, f"{name}_cost"):
             ok[name] = expected_correct(r2s, attack(r2s, x, y), y)
-    variants = {"reference_every_example": lambda: autoattack_rand(r2s, x, y, eps, seed=seed),
-                "reference_cascade": lambda: reference_cascade(r2s, x, y, eps, seed)}
+    variants = {"reference_every_example": lambda: autoattack_rand(r2s, x, y, eps, seed=seed, steps=steps),
+                "reference_cascade": lambda: reference_cascade(r2s, x, y, eps, seed, steps)}
     if have_ta:
-        variants["torchattacks_rand"] = lambda: torchattacks_autoattack(r2s, x, y, eps, "rand", seed)
+        variants["torchattacks_rand"] = lambda: torchattacks_autoattack(r2s, x, y, eps, "rand", seed, steps)
     for name, run in variants.items():
         with timed(rows, f"{name}_cost"):
             x_adv = run()
@@ -151,6 +152,9 @@ def main():
     ap.add_argument("--skip", choices=("standard", "r2s", "reference-standard"), default=None,
                     help="skip a part (reference-standard: the reference's standard version, e.g. when "
                          "test_trans.py --all_sources --eval_attack autoattack measures it on the same images)")
+    ap.add_argument("--aa_steps", type=int, default=None,
+                    help="APGD/APGD-T/FAB iterations for both implementations (default: the reference's 100)")
+    ap.add_argument("--n_queries", type=int, default=None, help="Square's queries (default: the reference's 5000)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -168,13 +172,14 @@ def main():
     x, y = next(iter(loader))
     eps = args.epsilon / 255
     report = {"n_eval": len(y), "epsilon": args.epsilon, "threads": args.threads, "seed": args.seed,
+              "aa_steps": args.aa_steps or 100, "n_queries": args.n_queries or 5000,
               "torchattacks": have_ta, "tickets": [t.name for t in tickets]}
     if args.skip != "r2s":
-        report["r2s"] = r2s_part(cfg, tickets, data.info, x, y, eps, have_ta, args.seed)
+        report["r2s"] = r2s_part(cfg, tickets, data.info, x, y, eps, have_ta, args.seed, args.aa_steps)
         print(json.dumps(report["r2s"]), file=sys.stderr, flush=True)
     if args.skip != "standard":
         report["standard"] = standard_part(tickets, x, y, eps, have_ta, args.seed,
-                                           reference=args.skip != "reference-standard")
+                                           args.skip != "reference-standard", args.aa_steps, args.n_queries)
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:

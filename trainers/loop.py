@@ -130,7 +130,8 @@ def results_dict(cfg, run, state, epochs_done):
     out = {"task": run.task, "arch": cfg.arch, "set": cfg.set, "prune_rate": cfg.prune_rate,
            "epochs_done": epochs_done}
     out.update(selection.result_fields(cfg, state))
-    out.update(train_seconds=round(state.train_seconds, 3), eval_protocol=main_protocol(cfg, attack_settings(cfg.eval_attack, cfg)))
+    out.update(train_seconds=round(state.train_seconds, 3),
+               eval_protocol=main_protocol(cfg, attack_settings(cfg.eval_attack, cfg)))
     return out
 
 
