@@ -1,59 +1,102 @@
-"""AutoAttack (Croce & Hein, 2020) via torchattacks: the standard version for deterministic
-models, the ``rand`` version for randomised ones (R2S, ``SampleSubnetConv``).
+"""AutoAttack (Croce & Hein, 2020) through the reference implementation, ``pyautoattack``
+(the package RobustBench depends on), L-inf, in [0, 1] pixel space.
 
-The attacks themselves are torchattacks', not a re-implementation, set to the
-reference AutoAttack's settings where torchattacks differs:
+Versions (``--aa_version``), each with the reference's own settings (read back from the
+reference's objects into the protocol, see ``settings_of``):
 
-* APGD/APGD-T/FAB run ``steps`` iterations (CLI ``--aa_steps``, default 100, as the
-  reference; torchattacks builds them with 10);
-* APGD-T and FAB-T attack the 9 most likely other classes (the reference's
-  ``n_target_classes = 9``; torchattacks uses ``n_classes - 1``, which differs when a
-  data set has other than 10 classes), fewer only when there are fewer classes;
-* the ``rand`` version: APGD-CE and APGD-DLR, 1 restart, EOT over 20 forward passes.
+* ``standard`` (default): APGD-CE, APGD-T (9 target classes), FAB-T (9), Square (5000
+  queries), 100 iterations, one restart each, run as the reference's cascade
+  (``run_standard_evaluation``: each attack sees the examples still classified correctly);
+* ``plus``: APGD-CE and FAB with 5 restarts, APGD-DLR, Square, APGD-T, FAB-T;
+* ``rand``: APGD-CE and APGD-DLR, one restart, EOT over 20 forward passes per gradient.
 
-Every AutoAttack run is in fp32 (autocast off): its losses are not scaled, so under
-fp16 autocast small input gradients would flush to zero. Parameters are excluded from
-autograd while it runs (FAB calls ``backward()``), and the caller's RNG state is
-restored (torchattacks seeds torch's global RNG with ``seed``). Like every attack
-here, the functions are ``(model, x, y) -> x_adv`` in [0, 1] pixel space. The factory
-registered as ``--eval_attack autoattack`` lives in ``trainers.evaluate``.
+A randomised model (``attacks.pgd.is_randomized``: R2S, ``SampleSubnetConv``) always gets
+``rand`` (the reference's advice for randomised defences), run differently from the
+reference's cascade, which attacks only the examples one random forward pass classifies
+correctly and returns the clean image for the rest: here APGD-CE and APGD-DLR each run
+the reference's APGD iteration (``APGDAttack.attack_single_run``, its step-size rule and
+EOT) on EVERY example, and per example the iterate (random start included) with the
+lowest expected correctness is returned, ties broken by the higher mean cross-entropy.
+Expected correctness is exact over the members when the model has a finite member set
+(R2S), else the fraction of the iterate's own ``eot_iter`` forward passes that are
+correct. The clean image is never returned.
 
-torchattacks already skips finished work between its attacks: ``MultiAttack`` passes
-only the examples still classified correctly to the next attack, and each attack's
-restarts and target classes run on those only (Square queries only unbroken
-examples). Within one APGD run every example takes every step by design (it keeps
-the highest-loss point), so nothing is compacted here.
+Only the reference's iteration count (``--aa_steps``, default 100 = the reference's) can
+be changed, for cheap tests; APGD-T/FAB-T target at most ``classes - 1`` classes (the
+reference would index past the logits with fewer than 10 classes; recorded when so).
+Every run is in fp32 (autocast off), parameters out of autograd (FAB calls
+``backward()``), and the caller's RNG state is kept (the reference seeds torch's global
+RNG). The functions are ``(model, x, y, epsilon, ...) -> x_adv``; ``AutoAttackEval`` is
+the callable ``--eval_attack autoattack`` builds, which records what ran.
 """
 import contextlib
 
 import torch
+import torch.nn.functional as F
 
 from attacks.pgd import input_grad_only, is_randomized, project
+from attacks.randomized import members
 
-REFERENCE_TARGET_CLASSES = 9  # APGD-T / FAB-T in the reference AutoAttack
-RAND_EOT_ITER = 20  # forward passes averaged per gradient in the reference 'rand' version
+IMPLEMENTATION = "pyautoattack"
+VERSIONS = ("standard", "plus", "rand")
+APGD_LOSS = {"apgd-ce": "ce", "apgd-dlr": "dlr"}  # the rand version's two attacks
+CASCADE = "the reference's cascade: each attack runs on the examples the previous ones left correct"
+EVERY_EXAMPLE = "none: each attack runs on every example (randomised model)"
 
 
-def build_autoattack(model, epsilon, n_classes, seed=0, steps=100, n_queries=5000, version="standard",
-                     eot_iter=RAND_EOT_ITER):
-    """torchattacks.AutoAttack (norm 'Linf') with the reference settings (module docstring).
+def reference_version():
+    import pyautoattack
+    return f"{IMPLEMENTATION} {pyautoattack.__version__}"
 
-    ``epsilon`` is in [0, 1] units; ``n_queries`` is Square's query budget.
-    """
-    import torchattacks
 
-    attack = torchattacks.AutoAttack(model, norm="Linf", eps=epsilon, version=version,
-                                     n_classes=n_classes, seed=seed, verbose=False)
-    for member in attack._autoattack.attacks:
-        if isinstance(member, (torchattacks.APGD, torchattacks.APGDT, torchattacks.FAB)):
-            member.steps = int(steps)
-        if isinstance(member, (torchattacks.APGDT, torchattacks.FAB)):
-            member.n_target_classes = max(1, min(REFERENCE_TARGET_CLASSES, n_classes - 1))
-        if isinstance(member, torchattacks.APGD) and version == "rand":
-            member.eot_iter = int(eot_iter)
-        if isinstance(member, torchattacks.Square):
-            member.n_queries = int(n_queries)
-    return attack
+def _set_iterations(attack, n):
+    """``n`` iterations on a reference APGD/FAB object, with APGD's checkpoints recomputed
+    as its constructor computes them from n_iter."""
+    attack.n_iter = int(n)
+    if hasattr(attack, "n_iter_2"):
+        attack.n_iter_orig = int(n)
+        attack.n_iter_2, attack.n_iter_min = max(int(0.22 * n), 1), max(int(0.06 * n), 1)
+        attack.size_decr = max(int(0.03 * n), 1)
+
+
+def build_reference(model, epsilon, version="standard", seed=0, device="cpu", n_classes=10, steps=None,
+                    n_queries=None):
+    """The reference ``AutoAttack`` object (``epsilon`` in [0, 1] units); ``steps`` and
+    ``n_queries`` override the reference's 100 iterations / 5000 Square queries (tests)."""
+    from pyautoattack import AutoAttack
+
+    aa = AutoAttack(model, eps=float(epsilon), norm="Linf", version=version, seed=int(seed), device=device)
+    aa.verbose = False
+    if steps is not None:
+        for attack in (aa.apgd, aa.apgd_targeted, aa.fab):
+            _set_iterations(attack, steps)
+    if n_queries is not None:
+        aa.square.n_queries = int(n_queries)
+    for attack in (aa.apgd_targeted, aa.fab):
+        attack.n_target_classes = max(1, min(attack.n_target_classes, n_classes - 1))
+    return aa
+
+
+def settings_of(aa):
+    """What the reference object ``aa`` runs, read off its attributes (radius in 1/255 units)."""
+    per = {}
+    for name in aa.attacks_to_run:
+        if name in APGD_LOSS:
+            per[name] = {"n_iter": aa.apgd.n_iter, "restarts": aa.apgd.n_restarts, "eot_iter": aa.apgd.eot_iter,
+                         "rho": aa.apgd.thr_decr}
+        elif name == "apgd-t":
+            t = aa.apgd_targeted
+            per[name] = {"n_iter": t.n_iter, "restarts": t.n_restarts, "eot_iter": t.eot_iter,
+                         "n_target_classes": t.n_target_classes}
+        elif name in ("fab", "fab-t"):  # the reference sets FAB-T to 1 restart when it runs it
+            per[name] = {"n_iter": aa.fab.n_iter, "restarts": 1 if name == "fab-t" else aa.fab.n_restarts}
+            if name == "fab-t":
+                per[name]["n_target_classes"] = aa.fab.n_target_classes
+        elif name == "square":
+            per[name] = {"n_queries": aa.square.n_queries, "restarts": aa.square.n_restarts,
+                         "p_init": aa.square.p_init}
+    return {"implementation": reference_version(), "version": aa.version, "attacks": list(aa.attacks_to_run),
+            "settings": per, "seed": aa.seed, "epsilon": round(aa.epsilon * 255, 6), "fp32": True}
 
 
 def num_classes(model, x):
@@ -72,54 +115,137 @@ def _isolated(model, x):
 
 
 def _in_ball(x, x_adv, epsilon):
-    # torchattacks already keeps its output in the ball; this only removes float round-off.
+    # the reference keeps its output in the ball; this only removes float round-off.
     return (x + project(x, x_adv.to(x.dtype) - x, epsilon)).detach()
 
 
-def autoattack(model, x, y, epsilon, seed=0, steps=100, n_queries=5000):
+def autoattack(model, x, y, epsilon, version="standard", seed=0, steps=None, n_queries=None, record=None):
     """AutoAttack adversarial examples for ``(x, y)``, inside the eps-ball and [0, 1].
 
-    A randomised model gets the ``rand`` version (``autoattack_rand``).
+    A randomised model gets ``autoattack_rand`` whatever ``version`` says. ``record``:
+    a list the settings that ran are appended to (with the requested version).
     """
     if x.shape[0] == 0:
         return x
     if is_randomized(model):
-        return autoattack_rand(model, x, y, epsilon, seed=seed, steps=steps)
+        return autoattack_rand(model, x, y, epsilon, seed=seed, steps=steps, record=record,
+                               requested=version)
     with _isolated(model, x):
-        attack = build_autoattack(model, epsilon, num_classes(model, x.float()), seed, steps, n_queries)
-        x_adv = attack(x.float(), y)
+        xf = x.float()
+        aa = build_reference(model, epsilon, version, seed, x.device, num_classes(model, xf), steps, n_queries)
+        if record is not None:
+            record.append(dict(settings_of(aa), requested_version=version, every_example=False,
+                               early_stop_rule=CASCADE))
+        x_adv, _ = aa.run_standard_evaluation(xf, y, batch_size=len(y))
     return _in_ball(x, x_adv, epsilon)
 
 
-def autoattack_rand(model, x, y, epsilon, seed=0, steps=100, eot_iter=RAND_EOT_ITER):
-    """AutoAttack ``rand`` (APGD-CE, APGD-DLR, EOT over ``eot_iter`` passes) on a randomised model.
+class _Tracker(torch.nn.Module):
+    """The randomised model as the reference APGD sees it: every forward pass goes through;
+    each group of ``eot_iter`` passes at one iterate is scored, and per example the iterate
+    with the lowest expected correctness (then the highest mean cross-entropy) is kept."""
 
-    Each of the two attacks runs on every example (torchattacks' cascade would pass to
-    APGD-DLR only the examples one random forward pass still classifies correctly); per
-    example the output with the lower expected accuracy is kept (exact over the members
-    of an R2S model, else estimated from ``eot_iter`` passes; ties keep APGD-CE's).
-    """
-    from attacks.randomized import expected_correct
+    def __init__(self, model, x, y):
+        super().__init__()
+        self.model, self.views, self.y, self.eot_iter = model, members(model), y, 1
+        self.calls, self.correct, self.ce = 0, 0.0, 0.0
+        self.best = x.clone()
+        self.ok = torch.full((len(y),), float("inf"), dtype=torch.float64, device=y.device)
+        self.loss = torch.full((len(y),), -float("inf"), device=y.device)
 
+    def forward(self, x):
+        logits = self.model(x)
+        if x.shape[0] == len(self.y):  # the iterates of attack_single_run (whole batch)
+            self._score(x.detach(), logits.detach().float())
+        return logits
+
+    def _score(self, x, logits):
+        first, last = self.calls % self.eot_iter == 0, self.calls % self.eot_iter == self.eot_iter - 1
+        self.calls += 1
+        if self.views:  # exact over the members, once per iterate
+            if first:
+                with torch.no_grad():
+                    stacked = torch.stack([v(x).float() for v in self.views])
+                ce = torch.stack([F.cross_entropy(s, self.y, reduction="none") for s in stacked]).mean(0)
+                self._update(x, (stacked.argmax(2) == self.y).double().mean(0), ce)
+            return
+        self.correct = self.correct + (logits.argmax(1) == self.y).double()
+        self.ce = self.ce + F.cross_entropy(logits, self.y, reduction="none")
+        if last:
+            self._update(x, self.correct / self.eot_iter, self.ce / self.eot_iter)
+            self.correct, self.ce = 0.0, 0.0
+
+    def _update(self, x, ok, loss):
+        better = (ok < self.ok) | ((ok == self.ok) & (loss > self.loss))
+        self.best[better], self.ok[better], self.loss[better] = x[better], ok[better], loss[better]
+
+
+def autoattack_rand(model, x, y, epsilon, seed=0, steps=None, eot_iter=None, record=None, requested="rand"):
+    """AutoAttack ``rand`` (the reference's APGD-CE and APGD-DLR with EOT) on EVERY example of a
+    randomised model; per example the strongest iterate (module docstring). ``eot_iter``
+    overrides the reference's 20 passes (tests only)."""
     if x.shape[0] == 0:
         return x
     with _isolated(model, x):
-        attack = build_autoattack(model, epsilon, num_classes(model, x.float()), seed, steps,
-                                  version="rand", eot_iter=eot_iter)
-        outs = [_in_ball(x, member(x.float(), y), epsilon) for member in attack._autoattack.attacks]
-        best, best_ok = outs[0], expected_correct(model, outs[0], y, draws=eot_iter)
-        for out in outs[1:]:
-            ok = expected_correct(model, out, y, draws=eot_iter)
-            better = (ok < best_ok).view(-1, *[1] * (x.dim() - 1))
-            best, best_ok = torch.where(better, out, best), torch.minimum(ok, best_ok)
-    return best
+        xf = x.float()
+        tracker = _Tracker(model, xf, y)
+        aa = build_reference(tracker, epsilon, "rand", seed, x.device, num_classes(model, xf), steps)
+        if eot_iter is not None:
+            aa.apgd.eot_iter = int(eot_iter)
+        tracker.eot_iter = aa.apgd.eot_iter
+        if record is not None:
+            record.append(dict(settings_of(aa), requested_version=requested, every_example=True,
+                               early_stop_rule=EVERY_EXAMPLE,
+                               expectation="exact over members" if tracker.views else
+                               f"mean over the iterate's {aa.apgd.eot_iter} EOT passes",
+                               selection="per example the iterate with the lowest expected correctness, "
+                                         "then the highest mean cross-entropy"))
+        aa.apgd.init_hyperparam(xf)
+        for name in aa.attacks_to_run:
+            aa.apgd.loss = APGD_LOSS[name]
+            torch.manual_seed(aa.get_seed())  # as the reference's APGDAttack.perturb, per attack
+            for _ in range(aa.apgd.n_restarts):
+                tracker.calls = 0
+                aa.apgd.attack_single_run(xf, y)
+    return _in_ball(x, tracker.best, epsilon)
 
 
-def autoattack_from_config(cfg):
+class AutoAttackEval:
+    """``--eval_attack autoattack``: ``(model, x, y) -> x_adv`` with radius ``epsilon`` ([0, 1]
+    units). Call i uses seed ``seed + i`` (batches and R2S passes get different random
+    starts); ``runs`` holds the settings read back from every reference object that ran."""
+
+    def __init__(self, epsilon, version="standard", seed=0, steps=None, n_queries=None):
+        self.epsilon, self.version, self.seed, self.steps, self.n_queries = epsilon, version, seed, steps, n_queries
+        self.runs = []
+
+    def __call__(self, model, x, y):
+        seed = self.seed + len(self.runs)
+        return autoattack(model, x, y, self.epsilon, self.version, seed, self.steps, self.n_queries, self.runs)
+
+    def protocol(self):
+        """The settings that ran (the first run's; every run's seed), or {} before any run."""
+        if not self.runs:
+            return {}
+        out = {k: v for k, v in self.runs[0].items() if k != "seed"}
+        out["seeds"] = [r["seed"] for r in self.runs]
+        if any(r["settings"] != self.runs[0]["settings"] for r in self.runs):
+            out["settings_per_run"] = [r["settings"] for r in self.runs]
+        return out
+
+
+def autoattack_from_config(cfg, seed=None):
     """The evaluation attack for ``--eval_attack autoattack`` (eps = --epsilon/255)."""
-    eps, seed, steps = cfg.epsilon / 255, int(cfg.seed or 0), int(getattr(cfg, "aa_steps", 100))
+    steps = int(getattr(cfg, "aa_steps", 100))
+    return AutoAttackEval(cfg.epsilon / 255, getattr(cfg, "aa_version", "standard"),
+                          int(cfg.seed or 0) if seed is None else int(seed), steps)
 
-    def attack(model, x, y):
-        return autoattack(model, x, y, eps, seed=seed, steps=steps)
 
-    return attack
+def configured_settings(cfg, randomized=False):
+    """The settings a reference AutoAttack built from ``cfg`` runs (the rand version on a
+    ``randomized`` model), read off the reference's objects built around a placeholder
+    model: the protocol of results written without an AutoAttack run at hand."""
+    requested = getattr(cfg, "aa_version", "standard")
+    aa = build_reference(torch.nn.Identity(), cfg.epsilon / 255, "rand" if randomized else requested,
+                         int(cfg.seed or 0), steps=int(getattr(cfg, "aa_steps", 100)))
+    return dict(settings_of(aa), requested_version=requested, early_stop_rule=EVERY_EXAMPLE if randomized else CASCADE)

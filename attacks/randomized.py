@@ -17,8 +17,10 @@ use the members exactly instead of sampling the switch:
   per iteration, a local step towards each member's nearest linearised decision
   boundary, kept only when it does not raise the expected accuracy;
 * ``switch_pgd20``: PGD-20 through the switch (each step's gradient is whichever
-  member is drawn; no early stop, see ``attacks.pgd.pgd20``);
-* ``autoattack_rand``: torchattacks' AutoAttack ``rand`` version (``attacks.autoattack``).
+  member is drawn; no early stop, see ``attacks.pgd.pgd20``).
+
+AutoAttack's ``rand`` version lives in ``attacks.autoattack`` (which imports this module,
+never the other way round); ``trainers.r2s_eval`` adds it with ``--eval_attack autoattack``.
 
 EOT- and ensemble-PGD return, per example, the iterate (random start and last step
 included) with the lowest exact expected accuracy, ties broken by the highest mean
@@ -224,11 +226,13 @@ def arc(model, x, y, epsilon, step=2 / 255, iters=20):
     visiting the members in turn: move towards member i's nearest linearised boundary
     (far enough to cross it when it lies within ``step``), and keep the move only if the
     exact expected accuracy does not rise. The iteration's point is accepted under the
-    same rule. Examples every member misclassifies stop. Radii in [0, 1] units.
+    same rule, against the point it started from (the random start, not the clean image:
+    the returned point is never worse than the start). Examples every member
+    misclassifies stop. Radii in [0, 1] units.
     """
     views = _need_members(model, "arc")
-    ok_best = expected_correct(model, x, y)
     delta = random_start(x, epsilon)
+    ok_best = expected_correct(model, x + delta, y)  # the start point's: the result is never worse than it
     idx = torch.arange(len(y), device=y.device)
     for _ in range(iters):
         idx = idx[ok_best[idx] > 0]
@@ -267,9 +271,3 @@ def switch_pgd20(model, x, y, epsilon):
     """PGD-20 (step 2/255) through the random switch, without early stop; the last iterate."""
     return pgd20(model, x, y, epsilon)
 
-
-@RANDOMIZED_ATTACKS.register("autoattack_rand")
-def autoattack_rand(model, x, y, epsilon, seed=0, steps=100, eot_iter=20):
-    """AutoAttack's ``rand`` version (APGD-CE and APGD-DLR with EOT); see ``attacks.autoattack``."""
-    from attacks.autoattack import autoattack_rand as run
-    return run(model, x, y, epsilon, seed=seed, steps=steps, eot_iter=eot_iter)

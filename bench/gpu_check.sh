@@ -62,7 +62,7 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch
 if dev.type == "cuda":
     print("card", torch.cuda.get_device_name(dev), "capability", torch.cuda.get_device_capability(dev),
           "bf16", torch.cuda.is_bf16_supported())
-for name in ("numpy", "yaml", "tqdm", "sklearn", "torch.utils.tensorboard", "torchattacks", "matplotlib"):
+for name in ("numpy", "yaml", "tqdm", "sklearn", "torch.utils.tensorboard", "pyautoattack", "matplotlib"):
     try:
         mod = importlib.import_module(name)
         path = getattr(mod, "__file__", None)  # the tensorboard stand-in has none

@@ -114,7 +114,7 @@ class _AlwaysEval(nn.Module):
     """A module that is only ever evaluated: ``train()`` keeps it (and every submodule)
     in eval mode. R2S members' BatchNorm statistics are overrides of one shared network:
     a forward in train mode would rewrite them in place, and callers such as
-    ``evaluate()`` restoring a previous mode or torchattacks' ``model.train()`` would
+    ``evaluate()`` restoring a previous mode or an attack library's ``model.train()`` would
     otherwise switch the shared network for every member."""
 
     def train(self, mode=True):

@@ -87,6 +87,15 @@ ROWS = [
      "--aa_steps would be ignored: it is used only with --eval_attack autoattack", True),
     ("trans_val_split", "test_trans.py", ["--pretrained", "{f}/empty", "--all_sources", "--val_split", "0.1"],
      "--val_split would be ignored", True),
+    # a [0, 1] radius typed where 1/255 units are expected; amp that test_trans.py would not apply
+    ("main_epsilon_fraction", "main.py", ["--attack_type", "pgd", "--epsilon", "0.03"],
+     "--epsilon is in 1/255 units: 0.03 = 0.03/255; did you mean 8?", True),
+    ("trans_epsilon_fraction", "test_trans.py", ["--pretrained", "{f}/empty", "--r2s", "--epsilon", "0.031"],
+     "did you mean 8? (pass --epsilon-units unit", True),
+    ("trans_amp", "test_trans.py", ["--pretrained", "{f}/empty", "--all_sources", "--amp", "bf16"],
+     "--amp would be ignored: test_trans.py runs every attack and evaluation in fp32", True),
+    ("trans_aa_version_with_pgd", "test_trans.py", ["--pretrained", "{f}/empty", "--all_sources", "--aa_version",
+                                                     "rand"], "--aa_version would be ignored", True),
 ]
 
 

@@ -234,7 +234,13 @@ def test_r2s_cli_writes_every_attack_with_its_protocol(trained_dir, tmp_path):
         assert len(attacks[key]["per_pass"]) == 2 and attacks[key]["protocol"]["n_eval"] == 8
         assert attacks[key]["protocol"]["epsilon"] == 2.0 and attacks[key]["protocol"]["passes"] == 2
     assert attacks["eot_pgd"]["protocol"]["eot_exact"] and attacks["eot_pgd"]["protocol"]["eot_samples"] == 3
-    assert attacks["autoattack_rand"]["protocol"]["steps"] == 2
+    aa = attacks["autoattack_rand"]["protocol"]  # read back from the reference objects that ran
+    assert aa["steps"] == 2 and aa["eot_samples"] == 20 and aa["version"] == "rand" and aa["every_example"]
+    assert aa["implementation"].startswith("pyautoattack") and aa["attacks"] == ["apgd-ce", "apgd-dlr"]
+    assert aa["expectation"] == "exact over members" and aa["early_stop"] is False
+    assert len(aa["seeds"]) == 2 and len(set(aa["seeds"])) == 2, "one batch, two passes: two different seeds"
+    assert attacks["switch_pgd20"]["protocol"]["early_stop"] is False
+    assert all(attacks["transfer_strong"][n]["mean"] <= attacks["transfer_paper"][n]["mean"] for n in names)
     assert saved["worst_case"]["protocol"] == ["natural", "transfer_paper", "transfer_strong", *adaptive]
     assert saved["disk"]["r2s_file_bytes"] < saved["disk"]["ticket_files_bytes"]
     assert (run / "robust_vs_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

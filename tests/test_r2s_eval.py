@@ -26,12 +26,13 @@ def members():
     return tickets, xv, preds
 
 
-def cfg(passes=1, epsilon=1):
-    return parse_config(FLAGS + ["--eval_passes", str(passes), "--epsilon", str(epsilon), "--eot_steps", "2"])
+def cfg(passes=1, epsilon=1, *extra):
+    return parse_config(FLAGS + ["--eval_passes", str(passes), "--epsilon", str(epsilon), "--eot_steps", "2",
+                                 *extra])
 
 
 def identity_transfer(monkeypatch):
-    monkeypatch.setattr(r2s_eval, "TRANSFER", {k: lambda view, x, y, eps: x for k in r2s_eval.TRANSFER})
+    monkeypatch.setattr(r2s_eval, "TRANSFER_EXAMPLES", lambda view, x, y, eps: (x, x))
 
 
 def test_natural_is_the_members_mean_and_transfer_from_j_is_scored_on_every_member(members, monkeypatch):
@@ -39,46 +40,88 @@ def test_natural_is_the_members_mean_and_transfer_from_j_is_scored_on_every_memb
     x = xv[:8]
     y = torch.cat([preds[0, :4], preds[2, 4:8]])  # labels some members get right and others not
     captured = []
+    real = r2s_eval.TRANSFER_EXAMPLES
 
-    def spying(key, attack):
-        def spy(view, xb, yb, eps):
-            out = attack(view, xb, yb, eps)
-            captured.append((key, view.index, out))
-            return out
-        return spy
+    def spy(view, xb, yb, eps):
+        out = real(view, xb, yb, eps)
+        captured.append((view.index, out))
+        return out
 
-    monkeypatch.setattr(r2s_eval, "TRANSFER", {k: spying(k, a) for k, a in r2s_eval.TRANSFER.items()})
+    monkeypatch.setattr(r2s_eval, "TRANSFER_EXAMPLES", spy)
     res = r2s_eval.evaluate_r2s(r2s_of(tickets), [(x, y)], CPU, cfg(), attacks={})
 
-    def accuracy(model, inputs):
+    def correct(inputs):
         with torch.no_grad():
-            return 100.0 * float((model(inputs).argmax(1) == y).double().mean())
+            return torch.stack([(t[2](inputs).argmax(1) == y).double() for t in tickets])
 
-    natural = [accuracy(t[2], x) for t in tickets]
+    natural = (100 * correct(x).mean(1)).tolist()
     assert len(set(natural)) > 1, "members must differ for the invariant to mean anything"
     assert [m["natural_acc1"] for m in res["members"]] == pytest.approx(natural)
     assert res["natural_acc1"]["mean"] == pytest.approx(sum(natural) / len(natural))
-    assert sorted((k, j) for k, j, _ in captured) == sorted((k, j) for k in r2s_eval.TRANSFER for j in range(3))
-    for key, j, x_adv in captured:
-        on_members = [accuracy(t[2], x_adv) for t in tickets]
-        assert res["attacks"][key][tickets[j][0]]["mean"] == pytest.approx(sum(on_members) / 3)
-        if key == "transfer_paper":
-            assert res["members"][j]["robust_acc1"] == pytest.approx(on_members[j])
+    assert sorted(j for j, _ in captured) == [0, 1, 2]
+    for j, (paper, highest) in captured:
+        on_paper, on_highest = correct(paper).mean(0), correct(highest).mean(0)
+        name = tickets[j][0]
+        assert res["attacks"]["transfer_paper"][name]["mean"] == pytest.approx(100 * float(on_paper.mean()))
+        assert res["attacks"]["transfer_strong"][name]["mean"] == pytest.approx(
+            100 * float(torch.minimum(on_paper, on_highest).mean()))
+        assert res["attacks"]["transfer_strong"][name]["mean"] <= res["attacks"]["transfer_paper"][name]["mean"]
+        assert res["members"][j]["robust_acc1"] == pytest.approx(100 * float(correct(paper)[j].mean()))
     for key in r2s_eval.TRANSFER:
         per_source = [res["attacks"][key][t[0]]["mean"] for t in tickets]
         assert res["attacks"][f"{key}_min"]["mean"] == pytest.approx(min(per_source))
 
 
-def two_fooled_examples(members):
-    """Two images every member classifies as one class c (labels c), and an image no member calls c."""
+def two_fooled_examples(members, n=2):
+    """``n`` images every member classifies as one class c (labels c; the first such image
+    repeated), and an image no member calls c."""
     tickets, xv, preds = members
     agree = (preds == preds[0]).all(0)
     for c in preds[0][agree].unique():
         sure = torch.nonzero(agree & (preds[0] == c)).flatten()
         fool = torch.nonzero((preds != c).all(0)).flatten()
-        if len(sure) >= 2 and len(fool):
-            return xv[sure[:2]], torch.full((2,), int(c)), xv[fool[0]]
-    raise AssertionError("fixture: no two agreed examples with a fooling image")
+        if len(sure) and len(fool):
+            return xv[sure[:1]].repeat(n, 1, 1, 1), torch.full((n,), int(c)), xv[fool[0]]
+    raise AssertionError("fixture: no agreed example with a fooling image")
+
+
+def planted(fool, index):
+    """A fake attack that fools exactly example ``index`` (by replacing it with ``fool``)."""
+    def attack(model, x, y, *args, **kwargs):
+        out = x.clone()
+        out[index] = fool
+        return out
+    return attack
+
+
+ADAPTIVE = ["switch_pgd20", "eot_pgd", "ensemble_pgd", "arc", "autoattack_rand"]
+
+
+def test_worst_case_includes_every_attack(members, monkeypatch):
+    """Each attack alone (transfer paper, transfer highest-loss, and every adaptive attack of
+    ``adaptive_attacks`` with --eval_attack autoattack) fools one planted example the others
+    miss: the worst case is 0 only if it takes every one of them."""
+    n = 2 + len(ADAPTIVE)
+    x, y, fool = two_fooled_examples(members, n)
+    monkeypatch.setattr(r2s_eval, "TRANSFER_EXAMPLES",
+                        lambda view, xb, yb, eps: (planted(fool, 0)(view, xb, yb), planted(fool, 1)(view, xb, yb)))
+    fakes = {name: planted(fool, 2 + i) for i, name in enumerate(ADAPTIVE)}
+
+    class Registry:
+        def get(self, name):
+            return fakes[name]
+
+    monkeypatch.setattr(r2s_eval, "RANDOMIZED_ATTACKS", Registry())
+    monkeypatch.setattr(r2s_eval, "AutoAttackEval", lambda *a, **k: fakes["autoattack_rand"])
+    res = r2s_eval.evaluate_r2s(r2s_of(members[0]), [(x, y)], CPU, cfg(1, 1, "--eval_attack", "autoattack"))
+    attacks = res["attacks"]
+    assert list(attacks)[4:] == ADAPTIVE, "every adaptive attack must run"
+    assert res["natural_acc1"]["mean"] == 100.0
+    assert all(attacks[name]["mean"] == pytest.approx(100 * (n - 1) / n) for name in ADAPTIVE)
+    assert attacks["transfer_paper_min"]["mean"] == pytest.approx(100 * (n - 1) / n)
+    assert attacks["transfer_strong_min"]["mean"] == pytest.approx(100 * (n - 2) / n)
+    assert res["worst_case"]["mean"] == 0.0, "the worst case must include every attack and transfer"
+    assert res["worst_case"]["protocol"] == ["natural", "transfer_paper", "transfer_strong", *ADAPTIVE]
 
 
 def test_worst_case_is_the_per_example_minimum_over_attacks_and_passes(members, monkeypatch):
@@ -129,7 +172,7 @@ def test_evaluations_leave_member_batchnorm_state_and_the_mode_unchanged(members
     before = {k: v.clone() for k, v in r2s.members.state_dict().items()}
     evaluate(r2s.member(0), [(x, y)], CPU)  # restores the view's previous mode afterwards
     assert not r2s.training and not r2s.net.training
-    r2s.member(1).train()  # what torchattacks does after an attack on a model it found in train mode
+    r2s.member(1).train()  # what an attack library may do after attacking a model it found in train mode
     r2s.train()
     with torch.no_grad():
         r2s(x), r2s.member(2)(x)

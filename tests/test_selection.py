@@ -3,6 +3,8 @@ results.json, its evaluation protocol, and re-evaluation when a resumed run's pr
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -12,6 +14,8 @@ import main as main_entry
 from data import build_dataset, subset
 from data.holdout import labels_of, split_holdout, stratified_indices
 from models import build_model
+from tests.helpers import ROOT
+from trainers.evaluate import attack_settings
 from utils.checkpoint import extract_state_dict, load_checkpoint
 from utils.config import parse_config
 from utils.errors import UserError
@@ -40,15 +44,41 @@ def test_holdout_is_stratified_disjoint_seeded_and_unaugmented():
 
 def test_protocol_records_and_compares_the_settings():
     cfg = parse_config(["--attack_type", "pgd", "--epsilon", "4", "--n_eval", "100", "--seed", "3"])
-    p = eval_protocol(cfg)
+    p = eval_protocol(cfg, settings=attack_settings("pgd", cfg))
     assert (p["attack"], p["epsilon"], p["steps"], p["step_size"], p["restarts"], p["early_stop"]) == \
         ("pgd", 4, 20, 2, 1, True)
     assert (p["n_eval"], p["seed"], p["eot_samples"], p["passes"], p["aa_steps"]) == (100, 3, 10, 3, None)
-    aa = eval_protocol(parse_config(["--eval_attack", "autoattack", "--aa_steps", "7"]))
-    assert (aa["attack"], aa["steps"], aa["aa_steps"]) == ("autoattack", 7, 7)
+    sampled = parse_config(["--attack_type", "pgd", "--conv_type", "SampleSubnetConv"])
+    assert attack_settings("pgd", sampled)["early_stop"] is False, "no early stop runs on a randomised model"
+    aa_cfg = parse_config(["--eval_attack", "autoattack", "--aa_steps", "7", "--aa_version", "rand"])
+    aa = eval_protocol(aa_cfg, settings=attack_settings("autoattack", aa_cfg))
+    assert (aa["attack"], aa["steps"], aa["aa_steps"], aa["version"], aa["aa_version"]) == (
+        "autoattack", 7, 7, "rand", "rand")
+    assert aa["autoattack"]["settings"]["apgd-ce"]["eot_iter"] == 20
     saved = vars(parse_config(["--attack_type", "pgd", "--epsilon", "8", "--n_eval", "100", "--seed", "5"]))
     assert protocol_changes(saved, cfg) == ["epsilon: 8.0 -> 4.0"]  # the seed moves starts, not the protocol
     assert protocol_changes(None, cfg) == ["unknown (the checkpoint stores no config)"]
+
+
+def test_epsilon_units_unit_converts_a_unit_radius_once():
+    from utils.eval_checks import check_eval_settings
+    cfg = parse_config(["--attack_type", "pgd", "--epsilon", "0.031372549", "--epsilon-units", "unit"])
+    check_eval_settings(cfg, "main")
+    check_eval_settings(cfg, "main")  # idempotent: entry points may check twice
+    assert cfg.epsilon == pytest.approx(8.0) and cfg.epsilon_given == pytest.approx(0.031372549)
+    with pytest.raises(UserError, match="did you mean 8"):
+        check_eval_settings(parse_config(["--epsilon", "0.03"]), "main")
+    check_eval_settings(parse_config(["--epsilon", "0"]), "main")  # 0 (natural) stays allowed
+
+
+def test_provenance_and_attack_modules_import_no_upward_or_circular_module():
+    """utils.provenance receives what it records (imports no attack); attacks.randomized does not
+    import attacks.autoattack (which imports it)."""
+    code = ("import sys, utils.provenance; assert not any(m.startswith('attacks') for m in sys.modules); "
+            "import attacks.randomized; assert 'attacks.autoattack' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1000:]
 
 
 def natural_accuracy(path, dataset, n):

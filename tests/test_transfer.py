@@ -71,7 +71,7 @@ def test_cli_writes_the_full_matrix(ticket_dir, tmp_path):
         assert block[:3] == [f"Robust Acc of {os.path.join(str(ticket_dir), f)}: {paper[s][j]:f}"
                              for j, f in enumerate(rep["files"])]
         assert block[3] == f"Acc list: {paper[s]}"
-    assert out[12].startswith(f"strong transfer (PGD-20, no early stop") and rep["sources"][0] in out[12]
+    assert out[12].startswith("strong transfer (PGD-20, per target the worse") and rep["sources"][0] in out[12]
     assert out[15].startswith(f"paper transfer (PGD-20 with early stop")
 
 
@@ -83,7 +83,8 @@ def test_diagonal_is_each_tickets_white_box_pgd20_and_default_is_the_source_row(
     tickets, skipped = load_tickets(cfg, str(ticket_dir), data.info, device)
     assert [s["file"] for s in skipped] == ["notes.pth"]
     loader = make_loader(subset(data.val, 16), 8, False, cfg)
-    rows, natural, robust = compute_transfer(cfg, tickets, [0, 1, 2], loader, device)
+    rows, natural, robust, _ = compute_transfer(cfg, tickets, [0, 1, 2], loader, device)
+    assert all(s <= p for srow, prow in zip(rows["strong"], rows["paper"]) for s, p in zip(srow, prow))
     rows = rows["paper"]
     for s, ticket in enumerate(tickets):
         with torch.random.fork_rng(devices=[]):
@@ -91,7 +92,7 @@ def test_diagonal_is_each_tickets_white_box_pgd20_and_default_is_the_source_row(
             white_box = evaluate(ticket.model, loader, device, attack=EVAL_ATTACKS.get("pgd")(cfg))["acc1"]
         assert rows[s][s] == pytest.approx(white_box, abs=1e-9)
         assert robust[s] == rows[s][s] and robust[s] < natural[s]
-    row, _, robust_default = compute_transfer(cfg, tickets, [1], loader, device)
+    row, _, robust_default, _ = compute_transfer(cfg, tickets, [1], loader, device)
     assert row["paper"] == [rows[1]] and robust_default == robust
 
 
@@ -144,10 +145,27 @@ def test_one_trajectory_gives_exactly_pgd20_and_pgd_transfer(early_stop_fixture)
 
 def test_strong_transfer_accuracy_is_below_paper_where_early_stop_matters(early_stop_fixture):
     models, x, y = early_stop_fixture
-    rows = source_rows(models[1], models, [(x, y)], torch.device("cpu"), 4 / 255, seed=0)
+    rows, correct = source_rows(models[1], models, [(x, y)], torch.device("cpu"), 4 / 255, seed=0)
     assert rows["paper"][1] == rows["strong"][1] == 0.0, "white-box: the source itself is fooled everywhere"
     for target in (0, 2):  # other tickets: early-stopped examples sit just past the source's boundary
         assert rows["strong"][target] <= rows["paper"][target] - 10, rows
+    # strong is per target and example the worse of the two candidates: <= paper and <= highest-loss alone
+    highest = (100.0 * correct["highest_loss"].double().mean(1)).tolist()
+    assert all(s <= min(p, h) + 1e-9 for s, p, h in zip(rows["strong"], rows["paper"], highest))
+    assert any(h > s for s, h in zip(rows["strong"], highest)) or any(
+        p > s for s, p in zip(rows["strong"], rows["paper"])), "the fixture must make the worse-of matter"
+
+
+def test_strong_is_never_above_paper_even_when_the_highest_loss_iterate_is_weaker(early_stop_fixture, monkeypatch):
+    """A highest-loss candidate that fools nothing (the clean image) cannot lift strong above paper."""
+    from trainers import transfer_examples
+    models, x, y = early_stop_fixture
+    real = transfer_examples.paper_and_strong
+    weak = lambda source, xb, yb, eps: (real(source, xb, yb, eps)[0], xb)  # noqa: E731
+    correct = transfer_examples.source_correctness(models[1], models, [(x, y)], torch.device("cpu"), 4 / 255, 0,
+                                                   examples=weak)
+    rows = {p: transfer_examples.accuracy_row(c) for p, c in transfer_examples.protocol_correctness(correct).items()}
+    assert rows["strong"] == rows["paper"]
 
 
 def test_all_sources_and_r2s_in_one_run(ticket_dir, tmp_path):
@@ -160,6 +178,11 @@ def test_all_sources_and_r2s_in_one_run(ticket_dir, tmp_path):
     with open(run / "r2s.json") as fh:
         r2s = json.load(fh)
     assert r2s["natural_acc1"] == out["r2s"]["natural_acc1"]
+    for s, name in enumerate(out["files"]):  # R2S's transfer rows are the matrix's own examples
+        assert r2s["attacks"]["transfer_paper"][name]["mean"] == pytest.approx(sum(out["matrices"]["paper"][s]) / 3)
+        assert r2s["attacks"]["transfer_strong"][name]["mean"] <= r2s["attacks"]["transfer_paper"][name]["mean"]
+    assert [t["file"] for t in r2s["ticket_selection"]] == out["files"]
+    assert r2s["ticket_selection"][0]["task"] == "search" and out["ticket_selection"] == r2s["ticket_selection"]
     protocol = r2s["eval_protocol"]  # the headline (worst case) number's protocol, next to it
     assert protocol["epsilon"] == 2 and protocol["examples"] == 8 and protocol["headline"] == "worst_case"
     assert "transfer_strong" in protocol["covers"] and "eot_pgd" in protocol["covers"]

@@ -5,14 +5,16 @@ sharded across ranks by the loader; counts are summed across ranks.
 """
 import contextlib
 import functools
+import inspect
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from trainers.metrics import Meter
-from attacks.pgd import pgd20
+from attacks.pgd import pgd20, pgd_transfer
 from utils.distributed import DistContext, all_reduce_sum
+from utils.provenance import NO_SETTINGS
 from utils.registry import Registry
 
 EVAL_ATTACKS = Registry("evaluation attack")
@@ -27,10 +29,49 @@ def pgd20_attack(cfg):
 
 @EVAL_ATTACKS.register("autoattack")
 def autoattack_attack(cfg):
-    """AutoAttack: standard version, or rand on a randomised model (torchattacks, fp32;
-    imported only when used, see attacks.autoattack)."""
+    """AutoAttack through the reference implementation (pyautoattack, fp32): ``--aa_version``
+    (standard, plus, rand), rand on a randomised model (imported only when used, see
+    attacks.autoattack). The returned callable's ``protocol()`` says what ran."""
     from attacks.autoattack import autoattack_from_config
     return autoattack_from_config(cfg)
+
+
+def _defaults(fn):
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def randomized_config(cfg):
+    """Whether ``cfg`` builds a model whose forward pass is random (masks sampled at every pass)."""
+    return getattr(cfg, "conv_type", None) == "SampleSubnetConv"
+
+
+def attack_settings(attack, cfg):
+    """What the named evaluation attack runs under ``cfg`` (steps, step size in 1/255, restarts,
+    the early-stop rule applied), read off the attack functions' own defaults and, for
+    AutoAttack, off the reference's objects; for ``utils.provenance.eval_protocol``."""
+    random_model = randomized_config(cfg)
+    if attack == "pgd":  # attacks.pgd.pgd20
+        d = _defaults(pgd20)
+        return {"steps": d["iters"], "step_size": round(d["step"] * 255, 6), "restarts": d["restarts"],
+                "early_stop": not random_model,
+                "early_stop_rule": "none (randomised model: one forward pass says little)" if random_model else
+                "per example: an example stops moving once the model misclassifies it"}
+    if attack == "pgd_transfer":  # trainers.transfer_examples: both candidates of one trajectory
+        d = _defaults(pgd_transfer)
+        return {"steps": d["iters"], "step_size": round(d["step"] * 255, 6), "restarts": 1, "early_stop": False,
+                "early_stop_rule": "none on the highest-loss candidate; the paper candidate is the early-stopped "
+                                   "iterate",
+                "iterate": "per target and example the worse of the early-stopped and highest-source-loss iterates"}
+    if attack == "autoattack":
+        from attacks.autoattack import configured_settings
+        ran = configured_settings(cfg, randomized=random_model)
+        first = ran["settings"][ran["attacks"][0]]
+        return {"steps": first["n_iter"], "step_size": None, "restarts": first["restarts"],
+                "early_stop": False if ran["version"] == "rand" and random_model else "cascade",
+                "early_stop_rule": ran["early_stop_rule"], "implementation": ran["implementation"],
+                "version": ran["version"], "autoattack": ran}
+    return dict(NO_SETTINGS)
 
 
 def autocast(amp, device):

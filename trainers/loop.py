@@ -15,7 +15,7 @@ from data import build_dataset, make_loader, subset
 from data.holdout import split_holdout
 from models import build_model, masked_layers
 from trainers import lottery, pruning, selection, ss  # noqa: F401  (lottery, ss: register --trainer lottery / ss)
-from trainers.evaluate import EVAL_ATTACKS, evaluate
+from trainers.evaluate import EVAL_ATTACKS, attack_settings, evaluate
 from trainers.optim import build_criterion, build_optimizer, check_optimizer
 from trainers.schedulers import LR_POLICIES, apply_free_imagenet, get_policy
 from trainers.state import TrainState, same_data_order, should_validate
@@ -138,7 +138,8 @@ def results_dict(cfg, run, state, epochs_done):
     out = {"task": run.task, "arch": cfg.arch, "set": cfg.set, "prune_rate": cfg.prune_rate,
            "epochs_done": epochs_done, "seed": cfg.seed}
     out.update(selection.result_fields(cfg, state))
-    out.update(train_seconds=round(state.train_seconds, 3), eval_protocol=main_protocol(cfg))
+    out.update(train_seconds=round(state.train_seconds, 3),
+               eval_protocol=main_protocol(cfg, attack_settings(cfg.eval_attack, cfg)))
     return out
 
 

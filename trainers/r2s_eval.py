@@ -5,27 +5,31 @@ input, the fraction of members that classify it correctly, computed exactly by r
 every member (a draw per batch would add evaluation noise of the order of the gap
 between members; per-batch and per-example switching have the same expectation).
 
-Per batch of the evaluation set (``--n_eval`` examples):
+On the evaluation set (``--n_eval`` examples):
 
 * natural accuracy (each member's, and the switch's: their mean);
-* transfer from each member j (the paper's setting): ``transfer_paper`` uses the
-  paper's PGD-20 with per-example early stop (which also gives member j's own
-  white-box robust accuracy), ``transfer_strong`` PGD-20 without early stop keeping
-  each example's highest-source-loss iterate (``attacks.pgd.pgd_transfer``). Both are
+* transfer from each member j (the paper's setting), from the examples of
+  ``trainers.transfer_examples`` (the transfer matrix's own: one PGD-20 trajectory per
+  source and batch, random starts seeded once per source): ``transfer_paper`` scores
+  the early-stopped iterate (which also gives member j's own white-box robust
+  accuracy), ``transfer_strong`` per example the worse (lower expected accuracy) of the
+  early-stopped and the highest-source-loss iterates, so strong <= paper. Both are
   deterministic given the seed: they run once (one pass);
-* in each of ``--eval_passes`` passes (the adaptive attacks' random starts and switch
-  draws differ), every attack of ``adaptive_attacks`` through the switch:
-  PGD-20 through the switch, EOT-PGD (exact over members when they are at most
+* in each of ``--eval_passes`` passes (the adaptive attacks' random starts, switch
+  draws and AutoAttack seeds differ), every attack of ``adaptive_attacks`` through the
+  switch: PGD-20 through the switch, EOT-PGD (exact over members when they are at most
   ``--eot_samples``), PGD on the members' mean softmax, ARC, and with
-  ``--eval_attack autoattack`` AutoAttack ``rand`` (see ``attacks.randomized``);
+  ``--eval_attack autoattack`` the reference AutoAttack ``rand`` on every example
+  (``attacks.autoattack.autoattack_rand``);
 * the worst case per example: the minimum of its expected correctness over natural,
   every transfer source of both protocols and every adaptive attack in every pass
   (the attacker keeps, per example, whatever worked best). ``within_pass`` gives the
   same minimum taken inside each pass, for the spread.
 
 Each result is ``{"mean", "std", "per_pass"}`` (percent; sample std over passes) with
-a ``protocol`` dict (attack, steps, step size and epsilon in 0-255 pixel units, early
-stop, restarts, EOT samples and whether exact, passes, n_eval, seed).
+a ``protocol`` dict (attack, steps, step size and epsilon in 0-255 pixel units, the
+early-stop rule applied, restarts, EOT samples and whether exact, passes, n_eval,
+seeds; for AutoAttack the settings read back from the reference objects that ran).
 """
 import functools
 import logging
@@ -34,13 +38,14 @@ import os
 
 import torch
 
-from attacks.pgd import pgd20, pgd_transfer
+from attacks.autoattack import AutoAttackEval
 from attacks.randomized import RANDOMIZED_ATTACKS, expected_correct, member_logits
 from models.r2s import STRUCTURE_KEYS, R2S, build_r2s
+from trainers import transfer_examples
 
 log = logging.getLogger("rst")
 STEP = 2 / 255  # [0, 1] units: every PGD-type attack here, and ARC's local step
-TRANSFER = {"transfer_paper": pgd20, "transfer_strong": pgd_transfer}
+TRANSFER = ("transfer_paper", "transfer_strong")
 SELECTION = "per example the iterate with the lowest exact expected accuracy, then the highest mean cross-entropy"
 
 
@@ -55,46 +60,59 @@ def r2s_from_tickets(tickets, info, seed=0):
 
 
 def adaptive_attacks(cfg, seed=0):
-    """name -> ``attack(model, x, y) -> x_adv`` for every attack through the switch (in order)."""
+    """name -> ``attack(model, x, y) -> x_adv`` for every attack through the switch (in order).
+    AutoAttack's call i (batch-major, pass-minor) uses seed ``seed + i``."""
     eps = cfg.epsilon / 255
     settings = {"switch_pgd20": {},
                 "eot_pgd": {"step": STEP, "iters": int(cfg.eot_steps), "samples": int(cfg.eot_samples)},
                 "ensemble_pgd": {"step": STEP, "iters": int(cfg.eot_steps)},
                 "arc": {"step": STEP, "iters": int(cfg.eot_steps)}}
+    out = {name: functools.partial(RANDOMIZED_ATTACKS.get(name), epsilon=eps, **kw) for name, kw in settings.items()}
     if cfg.eval_attack == "autoattack":
-        settings["autoattack_rand"] = {"seed": int(seed), "steps": int(cfg.aa_steps)}
-    return {name: functools.partial(RANDOMIZED_ATTACKS.get(name), epsilon=eps, **kw)
-            for name, kw in settings.items()}
+        out["autoattack_rand"] = AutoAttackEval(eps, getattr(cfg, "aa_version", "standard"), int(seed),
+                                                int(cfg.aa_steps))
+    return out
 
 
-def protocol(name, cfg, members, passes, n_eval, seed):
-    """What was run for the result ``name`` (epsilon and step sizes in 0-255 pixel units)."""
+def protocol(name, cfg, members, passes, n_eval, seed, ran=None):
+    """What was run for the result ``name`` (epsilon and step sizes in 0-255 pixel units);
+    ``ran``: settings the attack recorded while running (AutoAttack), merged last."""
     steps, exact = int(cfg.eot_steps), members <= int(cfg.eot_samples)
+    none = "none: every example takes every step"
     table = {
         "transfer_paper": dict(attack="PGD-20 on each member (source), scored on the switch", steps=20,
                                step_size=2.0, early_stop=True, eot_samples=None, passes=1,
+                               early_stop_rule="per example, on the source: stops once the source misclassifies it",
                                selection="first misclassifying iterate on the source (the paper's protocol)"),
         "transfer_strong": dict(attack="PGD-20 on each member (source), scored on the switch", steps=20,
                                 step_size=2.0, early_stop=False, eot_samples=None, passes=1,
-                                selection="per example the iterate with the highest source loss"),
+                                early_stop_rule="none for the highest-loss candidate (the paper candidate is the "
+                                                "early-stopped one)",
+                                selection="per example the worse (lower expected accuracy) of the early-stopped and "
+                                          "the highest-source-loss iterates of one trajectory"),
         "switch_pgd20": dict(attack="PGD-20 through the random switch (one member drawn per step)", steps=20,
-                             step_size=2.0, early_stop=False, eot_samples=1, selection="last iterate"),
+                             step_size=2.0, early_stop=False, early_stop_rule=none, eot_samples=1,
+                             selection="last iterate"),
         "eot_pgd": dict(attack="EOT-PGD on the expected cross-entropy over the switch", steps=steps,
-                        step_size=2.0, early_stop=False, eot_samples=members if exact else int(cfg.eot_samples),
-                        eot_exact=exact, selection=SELECTION),
+                        step_size=2.0, early_stop=False, early_stop_rule=none,
+                        eot_samples=members if exact else int(cfg.eot_samples), eot_exact=exact, selection=SELECTION),
         "ensemble_pgd": dict(attack="PGD on the cross-entropy of the members' mean softmax", steps=steps,
-                             step_size=2.0, early_stop=False, eot_samples=members, eot_exact=True,
-                             selection=SELECTION),
+                             step_size=2.0, early_stop=False, early_stop_rule=none, eot_samples=members,
+                             eot_exact=True, selection=SELECTION),
         "arc": dict(attack="ARC (Dbouk & Shanbhag 2022), L-inf, all members, uniform switch", steps=steps,
-                    step_size=2.0, rho=0.05 * cfg.epsilon, early_stop=False, eot_samples=members, eot_exact=True,
-                    selection="accepted point (expected accuracy never rises)"),
-        "autoattack_rand": dict(attack="AutoAttack rand (torchattacks: APGD-CE, APGD-DLR), each on every example",
-                                steps=int(cfg.aa_steps), step_size=None, early_stop=False, eot_samples=20,
-                                eot_exact=False, selection="per example the output with the lower expected accuracy"),
+                    step_size=2.0, rho=0.05 * cfg.epsilon, early_stop=False,
+                    early_stop_rule="an example every member misclassifies stops (its expected accuracy is 0)",
+                    eot_samples=members, eot_exact=True,
+                    selection="accepted point, compared against its random start (expected accuracy never rises)"),
+        "autoattack_rand": dict(attack="AutoAttack rand (reference pyautoattack APGD-CE, APGD-DLR), each on every "
+                                       "example", step_size=None, early_stop=False, eot_exact=False),
     }
     out = dict(table.get(name, {"attack": name}), epsilon=float(cfg.epsilon), restarts=1, n_eval=n_eval,
                seed=int(seed))
     out.setdefault("passes", passes)
+    if ran:
+        apgd = ran["settings"].get("apgd-ce", {})
+        out.update(ran, steps=apgd.get("n_iter"), restarts=apgd.get("restarts"), eot_samples=apgd.get("eot_iter"))
     return out
 
 
@@ -121,27 +139,30 @@ class Tally:
         return 100.0 * total / max(1, self.n)
 
 
-def _transfer_batch(views, x, y, eps, tally, worst):
-    """Both transfer protocols from every member; updates ``tally``; returns the running worst case."""
-    for key, attack in TRANSFER.items():
-        for j, view in enumerate(views):
-            correct = member_logits(views, attack(view, x, y, eps)).argmax(2) == y
-            tally.transfer[key][j] += float(correct.double().mean(0).sum())
-            worst = torch.minimum(worst, correct.double().mean(0))
-            if key == "transfer_paper":
-                tally.member_robust[j] += float(correct[j].sum())
+def transfer_worst(transfer, tally):
+    """Both transfer protocols from every member, from per-example correctness ``transfer[j]``
+    ({candidate: bool [members, examples]}, see ``trainers.transfer_examples``), into
+    ``tally``; returns per example the minimum expected correctness over sources and protocols."""
+    worst = None
+    for j, correct in enumerate(transfer):
+        paper = correct["paper"].double().mean(0)
+        strong = torch.minimum(paper, correct["highest_loss"].double().mean(0))
+        tally.transfer["transfer_paper"][j] += float(paper.sum())
+        tally.transfer["transfer_strong"][j] += float(strong.sum())
+        tally.member_robust[j] += float(correct["paper"][j].double().sum())
+        worst = strong if worst is None else torch.minimum(worst, strong)
     return worst
 
 
-def _evaluate_batch(r2s, views, x, y, cfg, attacks, tally):
-    """One batch: natural, transfer, then every adaptive attack in every pass (into ``tally``)."""
-    eps = cfg.epsilon / 255
+def _evaluate_batch(r2s, views, x, y, transfer_ok, attacks, tally):
+    """One batch: natural, then every adaptive attack in every pass (into ``tally``);
+    ``transfer_ok``: the batch's per-example minimum over transfer."""
     clean = member_logits(views, x).argmax(2) == y
     natural = clean.double().mean(0)
     tally.natural += float(natural.sum())
     for j in range(len(views)):
         tally.member_natural[j] += float(clean[j].sum())
-    worst = _transfer_batch(views, x, y, eps, tally, natural)
+    worst = torch.minimum(natural, transfer_ok.to(natural.device))
     overall = worst.clone()
     for p in range(tally.passes):
         within = worst.clone()
@@ -155,28 +176,47 @@ def _evaluate_batch(r2s, views, x, y, cfg, attacks, tally):
     tally.n += len(y)
 
 
-def evaluate_r2s(r2s: R2S, loader, device, cfg, seed=0, attacks=None):
+def member_transfer(views, loader, device, cfg, seed):
+    """Per-example transfer correctness from every member on every member (the transfer
+    matrix's computation, ``trainers.transfer_examples.source_correctness``)."""
+    return [transfer_examples.source_correctness(v, views, loader, device, cfg.epsilon / 255, seed,
+                                                 examples=TRANSFER_EXAMPLES) for v in views]
+
+
+TRANSFER_EXAMPLES = transfer_examples.paper_and_strong  # (source, x, y, eps) -> (paper, highest-loss)
+
+
+def evaluate_r2s(r2s: R2S, loader, device, cfg, seed=0, attacks=None, transfer=None):
     """The r2s.json numbers (accuracies in percent) for ``r2s`` on ``loader``.
 
     ``attacks``: name -> attack through the switch (default ``adaptive_attacks(cfg, seed)``).
+    ``transfer``: per member the per-example transfer correctness the transfer matrix
+    computed (``trainers.transfer_examples.source_correctness`` on the same loader);
+    computed here the same way when not given.
     """
     attacks = adaptive_attacks(cfg, seed) if attacks is None else attacks
     tally = Tally(r2s.num_members, attacks, max(1, int(cfg.eval_passes)))
     r2s.eval().reseed(seed)
     r2s.force_member(None)
     views = [r2s.member(j) for j in range(r2s.num_members)]
+    transfer = member_transfer(views, loader, device, cfg, seed) if transfer is None else transfer
+    transfer_ok = transfer_worst(transfer, tally)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for batch, (x, y) in enumerate(loader):
-            _evaluate_batch(r2s, views, x.to(device), y.to(device), cfg, attacks, tally)
+            at = slice(tally.n, tally.n + len(y))
+            _evaluate_batch(r2s, views, x.to(device), y.to(device), transfer_ok[at], attacks, tally)
             log.info("R2S batch %d: %d examples done", batch, tally.n)
-    return summarise(r2s, tally, cfg, seed)
+    if transfer_ok.numel() != tally.n:
+        raise ValueError(f"transfer correctness covers {transfer_ok.numel()} examples, the loader {tally.n}")
+    return summarise(r2s, tally, cfg, seed, attacks)
 
 
-def summarise(r2s, tally, cfg, seed):
+def summarise(r2s, tally, cfg, seed, attacks=None):
     """The r2s.json dict (see the module docstring)."""
     def proto(name):
-        return protocol(name, cfg, tally.members, tally.passes, tally.n, seed)
+        ran = getattr((attacks or {}).get(name), "protocol", None)
+        return protocol(name, cfg, tally.members, tally.passes, tally.n, seed, ran() if ran else None)
 
     results = {}
     for key in TRANSFER:
@@ -200,7 +240,8 @@ def summarise(r2s, tally, cfg, seed):
                        "protocol": ["natural", *TRANSFER, *tally.attacks],
                        "reduction": "per example, min over attacks, transfer sources and passes"},
         "eot_samples": int(cfg.eot_samples), "eot_steps": int(cfg.eot_steps), "eval_passes": tally.passes,
-        "eval_attack": cfg.eval_attack, "aa_steps": int(cfg.aa_steps), "epsilon": cfg.epsilon, "set": cfg.set,
+        "eval_attack": cfg.eval_attack, "aa_steps": int(cfg.aa_steps), "aa_version": getattr(cfg, "aa_version", None),
+        "epsilon": cfg.epsilon, "set": cfg.set,
         "n_eval": tally.n, "seed": int(seed),
     }
 

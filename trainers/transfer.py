@@ -10,10 +10,12 @@ comes from the checkpoint's stored config when present, else from the command li
 Two transfer protocols, both PGD-20 (step 2/255, one random start) on the source:
 ``paper``, the original's, where each example stops moving once the source
 misclassifies it (so it sits just past the source's boundary and transfers poorly),
-and ``strong``, where every example moves for all 20 steps and keeps the iterate
-with the highest source loss. Both come from one trajectory per source and batch
-(``paper_and_strong``), generated once on the evaluation set (``--n_eval``
-examples, random starts seeded by ``--seed``) and evaluated by every target.
+and ``strong``, per target and example the worse of that early-stopped iterate and
+the iterate with the highest source loss (every example moving for all 20 steps), so
+strong <= paper in every cell. Both come from one trajectory per source and batch
+(``trainers.transfer_examples``), generated once on the evaluation set (``--n_eval``
+examples, random starts seeded by ``--seed``) and evaluated by every target; R2S's
+transfer rows are scored from the same examples.
 Every ticket's own robust accuracy (white-box ``--eval_attack``: PGD-20, or
 AutoAttack) is always measured; with PGD-20 it is the paper matrix's diagonal.
 """
@@ -24,13 +26,13 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from data import build_dataset, make_loader, subset
 from models import build_model, masked_layers
 from models.r2s import STRUCTURE_KEYS
-from attacks.pgd import input_gradient, random_start, sign_step
 from trainers import r2s_eval, transfer_files
+from trainers.transfer_examples import (accuracy_row, paper_and_strong, protocol_correctness,  # noqa: F401
+                                        source_correctness)
 from trainers.evaluate import EVAL_ATTACKS, evaluate
 from utils.checkpoint import atomic_save, check_arch, extract_state_dict, load_checkpoint, load_model_state
 from utils.distributed import DistContext, select_device
@@ -44,7 +46,6 @@ log = logging.getLogger("rst")
 CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".state")
 # '<net>_<k>.pth': k is the number after the last underscore of the stem (0.01, 5e-2, 1)
 K_IN_NAME = re.compile(r"_((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
-PGD_STEP, PGD_ITERS = 2 / 255, 20  # the evaluation PGD-20 (attacks.pgd.pgd20), [0, 1] units
 PROTOCOLS = ("strong", "paper")     # transfer protocols, headline first (see paper_and_strong)
 
 
@@ -55,6 +56,7 @@ class Ticket:
     prune_rate: float   # k, fraction of weights kept
     model: torch.nn.Module
     config: argparse.Namespace  # structure the model was built with
+    meta: dict = None   # how the checkpoint was selected, as it records it (``selection_record``)
 
 
 def ticket_files(folder):
@@ -109,7 +111,24 @@ def load_ticket(cfg, path, info, device):
     for m in masked_layers(model):
         m.clear_cache()
     model = model.to(device).eval().requires_grad_(False)
-    return Ticket(path, os.path.basename(path), k, model, mcfg)
+    return Ticket(path, os.path.basename(path), k, model, mcfg, selection_record(ckpt))
+
+
+def selection_record(ckpt):
+    """What a checkpoint says about how it was chosen: epochs done, the best (selected) epoch, and
+    the split and metric that chose it (None where it does not say: the original's files)."""
+    if not isinstance(ckpt, dict):
+        return {}
+    saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    split = None
+    if saved:
+        split = (f"hold-out {saved['val_split']:g} of the training set" if saved.get("val_split")
+                 else "test split (the paper's protocol)")
+    epoch, best = ckpt.get("epoch"), ckpt.get("best_epoch")
+    return {"task": ckpt.get("task"), "epochs_done": epoch, "best_epoch": best, "best_acc1": ckpt.get("best_acc1"),
+            "selection_split": split,
+            "selection_metric": (("robust" if saved.get("attack_type") else "natural") + " top-1") if saved else None,
+            "is_best_epoch": None if epoch is None or best is None else epoch == best + 1}
 
 
 def resolve_pretrained(cfg):
@@ -175,62 +194,18 @@ def transfer_accuracy(source, targets, loader, device, attack, seed):
     return (100.0 * correct / max(1, total)).tolist()
 
 
-def paper_and_strong(source, x, y, epsilon, step=PGD_STEP, iters=PGD_ITERS):
-    """Both protocols' transfer examples from ONE PGD trajectory on ``source`` (radii in [0, 1]).
-
-    paper: where the original's early-stopped PGD-20 (``attacks.pgd.pgd20``) leaves each
-    example: the first iterate the source misclassifies (early stop freezes it there),
-    else the last. strong: the iterate with the highest source loss, start and last
-    included (``attacks.pgd.pgd_transfer``). Early stop only freezes examples, so until
-    an example is frozen both attacks take the same steps from the same random start:
-    one trajectory, one random draw, gives both (tests check equality with the two
-    functions), at the cost of the strong attack alone.
-    """
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    delta = random_start(x, epsilon)
-    paper, frozen = delta, torch.zeros(len(y), dtype=torch.bool, device=x.device)
-    strong, strong_loss = delta, None
-    for _ in range(iters):
-        grad, logits = input_gradient(source, x, delta, y)
-        wrong = logits.argmax(1) != y
-        paper = torch.where((wrong & ~frozen).view(shape), delta, paper)
-        frozen |= wrong
-        strong, strong_loss = keep_higher(delta, logits, y, strong, strong_loss)
-        delta = sign_step(x, delta, grad, step, epsilon)
-    with torch.no_grad():
-        strong, _ = keep_higher(delta, source(x + delta), y, strong, strong_loss)
-    paper = torch.where(frozen.view(shape), paper, delta)
-    return (x + paper).detach(), (x + strong).detach()
-
-
-def keep_higher(delta, logits, y, best, best_loss):
-    """Per example the perturbation with the higher source cross-entropy (ties: the later one)."""
-    loss = F.cross_entropy(logits.float(), y, reduction="none")
-    if best_loss is None:
-        return delta, loss
-    better = (loss >= best_loss).view(-1, *[1] * (delta.dim() - 1))
-    return torch.where(better, delta, best), torch.max(loss, best_loss)
-
-
 def source_rows(source, targets, loader, device, epsilon, seed):
-    """{protocol: accuracy (%) of each target} on ``source``'s transfer examples (see paper_and_strong)."""
-    correct = {p: torch.zeros(len(targets), dtype=torch.float64) for p in PROTOCOLS}
-    total = 0
-    with rng_fork(device):
-        torch.manual_seed(seed)
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            examples = dict(zip(("paper", "strong"), paper_and_strong(source, x, y, epsilon)))
-            with torch.no_grad():
-                for j, target in enumerate(targets):
-                    for p in PROTOCOLS:
-                        correct[p][j] += (target(examples[p]).argmax(1) == y).sum().item()
-            total += len(y)
-    return {p: (100.0 * c / max(1, total)).tolist() for p, c in correct.items()}
+    """{protocol: accuracy (%) of each target} on ``source``'s transfer examples, and the
+    per-example correctness they come from (see ``trainers.transfer_examples``)."""
+    correct = source_correctness(source, targets, loader, device, epsilon, seed)
+    return {p: accuracy_row(c) for p, c in protocol_correctness(correct).items()}, correct
 
 
 def compute_transfer(cfg, tickets, sources, loader, device):
-    """({protocol: matrix rows for ``sources``}, natural accuracy, own robust accuracy) per ticket.
+    """({protocol: matrix rows for ``sources``}, natural accuracy, own robust accuracy per
+    ticket, details): details["correct"][s] is source s's per-example correctness on every
+    ticket (R2S scores its transfer rows from it), details["robust_ran"] what the
+    white-box attack ran when it records that (AutoAttack).
 
     Own robust accuracy is white-box ``--eval_attack`` (PGD-20 by default: the paper
     matrix's diagonal where the ticket is a source).
@@ -238,11 +213,11 @@ def compute_transfer(cfg, tickets, sources, loader, device):
     seed, eps, pgd = int(cfg.seed or 0), cfg.epsilon / 255, EVAL_ATTACKS.get("pgd")(cfg)
     models = [t.model for t in tickets]
     natural = [evaluate(m, loader, device, desc="natural")["acc1"] for m in models]
-    rows, robust = {p: [] for p in PROTOCOLS}, [None] * len(tickets)
+    rows, robust, details = {p: [] for p in PROTOCOLS}, [None] * len(tickets), {"correct": {}, "robust_ran": None}
     for s, ticket in enumerate(tickets):
         if s in sources:
             log.info("PGD-20 (paper and strong) from %s -> every ticket", ticket.name)
-            row = source_rows(ticket.model, models, loader, device, eps, seed)
+            row, details["correct"][s] = source_rows(ticket.model, models, loader, device, eps, seed)
             for p in PROTOCOLS:
                 rows[p].append(row[p])
             robust[s] = row["paper"][s]
@@ -256,22 +231,41 @@ def compute_transfer(cfg, tickets, sources, loader, device):
             with rng_fork(device):
                 torch.manual_seed(seed)
                 robust[s] = evaluate(ticket.model, loader, device, attack=attack, desc=cfg.eval_attack)["acc1"]
-    return rows, natural, robust
+        details["robust_ran"] = attack.protocol() if hasattr(attack, "protocol") else None
+    return rows, natural, robust, details
 
 
-def run_r2s(cfg, run, tickets, skipped, info, loader, device):
-    """Build the R2S model of every ticket, save it packed, evaluate it: r2s.json."""
+def ticket_selection(tickets):
+    """How each ticket was selected, as its checkpoint records it (see ``selection_record``)."""
+    return [dict({"file": t.name, "prune_rate": t.prune_rate}, **(t.meta or {})) for t in tickets]
+
+
+def run_r2s(cfg, run, tickets, skipped, info, loader, device, correct=None):
+    """Build the R2S model of every ticket, save it packed, evaluate it: r2s.json.
+
+    ``correct``: per-example transfer correctness of the sources the matrix already ran
+    (``compute_transfer``); R2S's transfer rows are scored from those same examples, and
+    the other sources are computed here the same way.
+    """
     from utils import plots
 
     seed = int(cfg.seed or 0)
     r2s = r2s_eval.r2s_from_tickets(tickets, info, seed).to(device)
     path = run.ckpt("r2s.pth")
     atomic_save(r2s.state(), path)
-    result = r2s_eval.evaluate_r2s(r2s, loader, device, cfg, seed)
-    result.update(model_file=path, disk=r2s_eval.disk_usage(r2s, path, tickets), skipped=skipped)
+    correct = dict(correct or {})
+    for j, ticket in enumerate(tickets):
+        if j not in correct:
+            log.info("PGD-20 transfer examples from %s (R2S member %d)", ticket.name, j)
+            correct[j] = source_correctness(ticket.model, [t.model for t in tickets], loader, device,
+                                            cfg.epsilon / 255, seed)
+    result = r2s_eval.evaluate_r2s(r2s, loader, device, cfg, seed, transfer=[correct[j] for j in range(len(tickets))])
+    result.update(model_file=path, disk=r2s_eval.disk_usage(r2s, path, tickets), skipped=skipped,
+                  ticket_selection=ticket_selection(tickets))
     # the headline number's protocol: each attack's own is under attacks.<name>.protocol
     result["eval_protocol"] = eval_protocol(cfg, attack="r2s_worst_case", val_split=None, examples=result["n_eval"],
-                                            headline="worst_case", covers=result["worst_case"]["protocol"])
+                                            headline="worst_case", covers=result["worst_case"]["protocol"],
+                                            amp="none (test_trans.py evaluates in fp32)")
     run.write_json("r2s.json", result)
     members, attacks = result["members"], result["attacks"]
     plots.robust_vs_k([m["prune_rate"] for m in members], [m["natural_acc1"] for m in members],
@@ -298,13 +292,16 @@ def source_index(tickets, source):
 
 
 def run_matrix(cfg, run, tickets, sources, skipped, loader, device):
-    """Both transfer matrices: computed, written (json, csv, png), and the original's lines logged."""
-    rows, natural, robust = compute_transfer(cfg, tickets, sources, loader, device)
+    """Both transfer matrices: computed, written (json, csv, png), and the original's lines logged.
+    Returns the report and the per-example correctness of each source (for R2S)."""
+    rows, natural, robust, details = compute_transfer(cfg, tickets, sources, loader, device)
     report = transfer_files.write_transfer_files(run, cfg, tickets, sources, rows, natural, robust, skipped,
-                                                 len(loader.dataset), robust_vs_k=not cfg.r2s)
+                                                 len(loader.dataset), robust_vs_k=not cfg.r2s,
+                                                 robust_ran=details["robust_ran"],
+                                                 selection=ticket_selection(tickets))
     for line in transfer_files.original_lines(report, cfg.pretrained) + transfer_files.protocol_lines(report):
         log.info("%s", line)
-    return report
+    return report, details["correct"]
 
 
 def run_transfer(cfg):
@@ -325,9 +322,9 @@ def run_transfer(cfg):
     loader = make_loader(subset(data.val, cfg.n_eval), cfg.test_batch_size, False, cfg, seed=cfg.seed or 0)
     run = Run(cfg, True, task="transfer")
     try:
-        report = run_matrix(cfg, run, tickets, sources, skipped, loader, device) if sources else None
+        report, correct = run_matrix(cfg, run, tickets, sources, skipped, loader, device) if sources else (None, {})
         if cfg.r2s:
-            r2s = run_r2s(cfg, run, tickets, skipped, data.info, loader, device)
+            r2s = run_r2s(cfg, run, tickets, skipped, data.info, loader, device, correct)
             report = r2s if report is None else dict(report, r2s=r2s)
         log.info("results in %s", run.dir)
         return report

@@ -6,9 +6,11 @@ are written side by side, each with its protocol record (utils.provenance).
 import csv
 import os
 
+from trainers.evaluate import attack_settings
 from utils.provenance import eval_protocol
 
-PROTOCOL_TITLES = {"strong": "strong: PGD-20, no early stop, highest-source-loss iterate",
+PROTOCOL_TITLES = {"strong": "strong: PGD-20, per target the worse of the early-stopped and highest-source-loss "
+                             "iterates",
                    "paper": "paper: PGD-20 with early stop, the original's"}
 # ticket-level evaluation: no R2S sampling, no selection split
 NOT_USED = {"eot_samples": None, "eot_steps": None, "passes": None, "val_split": None}
@@ -18,19 +20,28 @@ def label(ticket):
     return f"{ticket.name} (k={ticket.prune_rate:g})"
 
 
-def transfer_report(cfg, tickets, sources, rows, natural, robust, skipped, examples):
+def transfer_report(cfg, tickets, sources, rows, natural, robust, skipped, examples, robust_ran=None,
+                    selection=None):
     """transfer_matrix.json: per ticket natural and own robust accuracy, and both matrices
-    (rows: sources; columns: every ticket as target), each with its protocol."""
+    (rows: sources; columns: every ticket as target), each with its protocol.
+    ``robust_ran``: what the white-box attack recorded while running (AutoAttack's settings,
+    read off the reference objects); ``selection``: how each ticket was selected."""
     common = dict(NOT_USED, examples=examples, transfer="examples generated on the source, evaluated on "
-                  "every target; one random start per source and batch, shared by both protocols")
+                  "every target; one random start per source and batch, shared by both protocols",
+                  amp="none (test_trans.py runs in fp32)")
+    robust_settings = attack_settings(cfg.eval_attack, cfg)
+    if robust_ran:
+        robust_settings.update(robust_ran, autoattack=robust_ran)
     return {"files": [t.name for t in tickets], "prune_rates": [t.prune_rate for t in tickets],
             "natural_acc1": natural, "robust_acc1": robust, "robust_attack": cfg.eval_attack,
-            "robust_protocol": eval_protocol(cfg, **dict(NOT_USED, examples=examples, white_box=True)),
+            "robust_protocol": eval_protocol(cfg, settings=robust_settings, **dict(
+                common, white_box=True, transfer=None)),
             "sources": [tickets[s].name for s in sources],
             "matrices": {p: rows[p] for p in PROTOCOL_TITLES},
-            "protocols": {"strong": eval_protocol(cfg, attack="pgd_transfer", **common),
-                          "paper": eval_protocol(cfg, attack="pgd", **common)},
-            "set": cfg.set, "n_eval": examples, "skipped": skipped}
+            "protocols": {"strong": eval_protocol(cfg, attack="pgd_transfer",
+                                                  settings=attack_settings("pgd_transfer", cfg), **common),
+                          "paper": eval_protocol(cfg, attack="pgd", settings=attack_settings("pgd", cfg), **common)},
+            "ticket_selection": selection, "set": cfg.set, "n_eval": examples, "skipped": skipped}
 
 
 def write_csv(path, tickets, sources, rows, natural):
@@ -53,11 +64,12 @@ def strongest_other_source(tickets, sources, strong):
     return out
 
 
-def write_transfer_files(run, cfg, tickets, sources, rows, natural, robust, skipped, examples, robust_vs_k=True):
+def write_transfer_files(run, cfg, tickets, sources, rows, natural, robust, skipped, examples, robust_vs_k=True,
+                         robust_ran=None, selection=None):
     """transfer_matrix.{json,csv,png} and (unless R2S writes its own) robust_vs_k.png."""
     from utils import plots
 
-    report = transfer_report(cfg, tickets, sources, rows, natural, robust, skipped, examples)
+    report = transfer_report(cfg, tickets, sources, rows, natural, robust, skipped, examples, robust_ran, selection)
     run.write_json("transfer_matrix.json", report)
     write_csv(run.path("transfer_matrix.csv"), tickets, sources, rows, natural)
     plots.heatmaps([(PROTOCOL_TITLES[p], rows[p]) for p in PROTOCOL_TITLES], [label(tickets[s]) for s in sources],

@@ -131,6 +131,9 @@ def _add_attack(p):
     p.add_argument("--attack_type", type=_none_or_str, default=None, choices=ATTACK_TYPES,
                    help="adversarial training attack (None: natural training)")
     p.add_argument("--epsilon", type=float, default=8, help="L-inf radius in 0-255 pixel units")
+    p.add_argument("--epsilon-units", dest="epsilon_units", default="255", choices=("255", "unit"),
+                   help="units of --epsilon: 255 (8 means 8/255; a value below 1 is an error) or unit "
+                        "([0, 1] units: 0.03 means 0.03, converted to 7.65/255)")
     p.add_argument("--alpha", type=float, default=10, help="fgsm step in 0-255 pixel units")
     p.add_argument("--attack_iters", type=int, default=7, help="PGD steps during training")
     p.add_argument("--n_repeats", type=int, default=4, help="free adversarial training replays")
@@ -140,7 +143,9 @@ def _add_attack(p):
     p.add_argument("--eval_passes", type=int, default=3, help="R2S: evaluation passes (mean and spread)")
     p.add_argument("--eot_steps", type=int, default=20, help="R2S EOT-PGD: attack steps (step 2/255)")
     p.add_argument("--aa_steps", type=int, default=100,
-                   help="AutoAttack: APGD/APGD-T/FAB iterations (reference AutoAttack 100; torchattacks' default 10)")
+                   help="AutoAttack: APGD/APGD-T/FAB iterations (the reference's 100; fewer only for quick checks)")
+    p.add_argument("--aa_version", default="standard", choices=("standard", "plus", "rand"),
+                   help="AutoAttack version (reference pyautoattack); a randomised model always gets rand")
 
 
 def _add_tasks(p):

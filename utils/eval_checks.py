@@ -12,7 +12,23 @@ AT_LEAST_ONE = ("eot_samples", "eot_steps", "aa_steps", "eval_passes", "n_eval")
 R2S_ONLY = ("eot_samples", "eot_steps", "eval_passes")
 
 
+def resolve_epsilon(cfg):
+    """--epsilon in 0-255 pixel units. A value strictly between 0 and 1 is almost surely a
+    [0, 1] radius typed where 1/255 units are expected (0.03 would attack at 0.03/255): an
+    error unless ``--epsilon-units unit`` says the value is in [0, 1] units, which it is
+    then converted from (``cfg.epsilon`` becomes 255 x the value; ``epsilon_given`` keeps it)."""
+    eps, units = cfg.epsilon, getattr(cfg, "epsilon_units", "255")
+    if units == "unit" and not getattr(cfg, "epsilon_given", None):
+        if not 0 <= eps <= 1:  # also refuses NaN
+            raise UserError(f"--epsilon-units unit: --epsilon is in [0, 1] units, got {eps:g}")
+        cfg.epsilon_given, cfg.epsilon = eps, eps * 255
+    elif units == "255" and 0 < eps < 1:
+        raise UserError(f"--epsilon is in 1/255 units: {eps:g} = {eps:g}/255; did you mean "
+                        f"{round(eps * 255):d}? (pass --epsilon-units unit if {eps:g} is a [0, 1] radius)")
+
+
 def check_ranges(cfg):
+    resolve_epsilon(cfg)
     eps = cfg.epsilon
     if not 0 <= eps <= 255:  # also refuses NaN
         raise UserError(f"--epsilon is in 0-255 pixel units (8 means 8/255), got {eps:g}")
@@ -38,6 +54,8 @@ def ignored_flags(cfg, entry):
         if "val_split" in given:
             out.append(("val_split", "it selects the best epoch while training (main.py); test_trans.py "
                                      "evaluates the test split"))
+        if "amp" in given and cfg.amp not in (None, "none"):
+            out.append(("amp", "test_trans.py runs every attack and evaluation in fp32"))
     else:
         out += [(d, "it is a test_trans.py flag") for d in ("all_sources", "r2s") if d in given]
         out += [(d, "it is used only by test_trans.py --r2s") for d in R2S_ONLY if d in given]
@@ -47,6 +65,9 @@ def ignored_flags(cfg, entry):
             out.append(("val_split", "it selects the best epoch while training; --evaluate evaluates the "
                                      "test split"))
         autoattack = autoattack and bool(cfg.attack_type)
+    if "aa_version" in given and not autoattack:
+        out.append(("aa_version", "it is used only with --eval_attack autoattack"
+                                  + ("" if entry == "test_trans" else " and an --attack_type")))
     if "aa_steps" in given and not autoattack:
         out.append(("aa_steps", "it is used only with --eval_attack autoattack"
                                 + ("" if entry == "test_trans" else " and an --attack_type")))
