@@ -104,8 +104,10 @@ def test_evaluate_cli_wires_autoattack_flags_to_the_attack(trained, tmp_path, mo
     with torch.no_grad():
         assert out["robust_acc1"] == pytest.approx(100.0 * float((net(x_adv).argmax(1) == y).float().mean()))
     assert out["eval_attack"] == "autoattack" and out["robust_acc1"] < out["natural_acc1"]
-    with open(os.path.join(tmp_path, "no_config", "w", "prune_rate=1.0", "search", "width_mult=0.125",
-                           "results.json")) as fh:
+    record = out["record"]  # -e writes its own record, in <run>/eval/
+    assert os.path.dirname(record) == os.path.join(tmp_path, "no_config", "w", "prune_rate=1.0", "search",
+                                                   "width_mult=0.125", "eval")
+    with open(record) as fh:
         assert json.load(fh)["robust_acc1"] == out["robust_acc1"]
 
 

@@ -31,7 +31,7 @@ def args(log_dir, *extra):
     return ["--set", "Digits", "--arch", "cResNet18", "--width-mult", "0.125", "-b", "64", "--low-data", "0.2",
             "--n_eval", "32", "--epochs", "2", "--val_every", "1", "--seed", "0", "--attack_type", "pgd",
             "--attack_iters", "1", "--prune-rate", "0.3", "--lr_policy", "cosine_lr", "--workers", "0",
-            "--name", "r", "--log-dir", str(log_dir), *extra]
+            "--name", "r", "--log-dir", str(log_dir), "--progress", "on", *extra]
 
 
 def run_dir(log_dir):
