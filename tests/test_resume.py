@@ -149,6 +149,22 @@ def test_sigterm_mid_epoch_saves_position_and_resume_matches_uninterrupted(unint
     assert_same_run(final_state(tmp_path), uninterrupted)
 
 
+def test_ctrl_c_mid_epoch_saves_exits_130_and_resume_matches_uninterrupted(uninterrupted, tmp_path):
+    run = Watched(args(tmp_path))
+    run.wait_for(after_batches(0, 1))  # no checkpoint yet: Ctrl-C must write the first one
+    os.kill(run.proc.pid, signal.SIGINT)
+    assert run.finish() == 130, run.text()[-2000:]
+    assert "SIGINT: checkpoint saved at epoch 0" in run.text() and "Traceback" not in run.text()
+    saved = load_checkpoint(os.path.join(run_dir(tmp_path), "checkpoints", "model_latest.pth"))
+    assert saved["epoch"] == 0 and 1 <= saved["batches_done"] <= BATCHES
+    assert not os.path.exists(os.path.join(run_dir(tmp_path), "results.json"))
+
+    proc = run_cli(*args(tmp_path, "--automatic_resume"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"at epoch 0 batch {saved['batches_done']}" in proc.stderr
+    assert_same_run(final_state(tmp_path), uninterrupted)
+
+
 def test_save_every_n_epochs_plus_last(tmp_path):
     # Validation after epochs 0 (0 % 9 == 0: the first best, saved) and 3 (the last) only,
     # so the save with 3 epochs done is --save_every's alone.

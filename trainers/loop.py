@@ -220,12 +220,11 @@ def fit(cfg, ctx, run, device, data, model, resume=None):
             stopped = run_epoch(s, state, stop)
     out = results_dict(cfg, run, state, state.epoch)
     if stopped and state.epoch < cfg.epochs:
+        log.info("%s: checkpoint saved at epoch %d batch %d in %s; continue with --automatic_resume",
+                 stop.signal, state.epoch, state.batches_done, run.dir)
         run.close()
-        message = (f"{stop.signal}: checkpoint saved at epoch {state.epoch} batch {state.batches_done} in "
-                   f"{run.dir}; continue with --automatic_resume")
         if stop.signal == "SIGINT":
-            raise Interrupted(message)
-        log.info("%s", message)
+            raise Interrupted(f"Ctrl-C: {run.dir} continues with --automatic_resume")
         return dict(out, interrupted=True)
     run.write_json("results.json", out)
     log.info("done: %d epochs in %s; results: %s", state.epoch, run.dir, run.path("results.json"))

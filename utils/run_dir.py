@@ -107,6 +107,7 @@ class Run:
         if self.is_main:
             dest = os.path.join(run_root(self.cfg), "logs", f"log_{self.name}", f"log_{self.task}.txt")
             os.makedirs(os.path.dirname(dest), exist_ok=True)
+            _detach_file_log(self.path("log.txt"))  # a later run in this process logs elsewhere
             shutil.copyfile(self.path("log.txt"), dest)
 
     def discard_if_unstarted(self):
