@@ -62,8 +62,8 @@ def run_main(cfg, entry="main"):
         where = None if cfg.evaluate else choose_run_dir(cfg, task)
         if where is not None and where.finished:
             return already_finished(where, ctx)
-        if where is not None:
-            log.info("run: %s%s", where.dir, f" (not {where.reason})" if where.reason else "")
+        if where is not None and where.reason:  # a numbered sibling: say so first
+            log.info("run: %s (not %s)", where.dir, where.reason)
         device, data, model = prepare(cfg, ctx)
         if entry == "train_full":
             set_trainable(model, weights=True, scores=False)
@@ -77,6 +77,8 @@ def run_main(cfg, entry="main"):
             return print_json(out, ctx)
         resume = load_resume(cfg, where.dir, model)
         selection.check_same_split(cfg, resume)
+        if not where.reason:
+            log.info("run: %s", where.dir)
         run = Run(cfg, ctx.is_main, task=task, name=where.name)
         try:
             return print_json(fit(cfg, ctx, run, device, data, model, resume), ctx)

@@ -33,10 +33,12 @@ import math
 import os
 
 import torch
+from tqdm import tqdm
 
 from attacks.pgd import pgd20, pgd_transfer
 from attacks.randomized import RANDOMIZED_ATTACKS, expected_correct, member_logits
 from models.r2s import STRUCTURE_KEYS, R2S, build_r2s
+from utils.config import show_progress
 
 log = logging.getLogger("rst")
 STEP = 2 / 255  # [0, 1] units: every PGD-type attack here, and ARC's local step
@@ -133,8 +135,9 @@ def _transfer_batch(views, x, y, eps, tally, worst):
     return worst
 
 
-def _evaluate_batch(r2s, views, x, y, cfg, attacks, tally):
-    """One batch: natural, transfer, then every adaptive attack in every pass (into ``tally``)."""
+def _evaluate_batch(r2s, views, x, y, cfg, attacks, tally, bar=None):
+    """One batch: natural, transfer, then every adaptive attack in every pass (into ``tally``);
+    ``bar`` (tqdm) shows which attack runs."""
     eps = cfg.epsilon / 255
     clean = member_logits(views, x).argmax(2) == y
     natural = clean.double().mean(0)
@@ -146,6 +149,8 @@ def _evaluate_batch(r2s, views, x, y, cfg, attacks, tally):
     for p in range(tally.passes):
         within = worst.clone()
         for name, attack in attacks.items():
+            if bar is not None:
+                bar.set_postfix_str(f"pass {p + 1}/{tally.passes} {name}")
             ok = expected_correct(r2s, attack(r2s, x, y), y)
             tally.adaptive[name][p] += float(ok.sum())
             within = torch.minimum(within, ok)
@@ -167,8 +172,9 @@ def evaluate_r2s(r2s: R2S, loader, device, cfg, seed=0, attacks=None):
     views = [r2s.member(j) for j in range(r2s.num_members)]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for batch, (x, y) in enumerate(loader):
-            _evaluate_batch(r2s, views, x.to(device), y.to(device), cfg, attacks, tally)
+        bar = tqdm(loader, desc="R2S", leave=False, disable=not show_progress(cfg))
+        for batch, (x, y) in enumerate(bar):
+            _evaluate_batch(r2s, views, x.to(device), y.to(device), cfg, attacks, tally, bar)
             log.info("R2S batch %d: %d examples done", batch, tally.n)
     return summarise(r2s, tally, cfg, seed)
 
