@@ -110,3 +110,39 @@ def test_ctrl_c_before_the_first_checkpoint_leaves_no_folder(tmp_path, monkeypat
         cli_main(main_entry.main, FLAGS + ["--log-dir", str(tmp_path), "--prune-rate", "0.3"])
     assert exc.value.code == 130
     assert not os.path.exists(os.path.join(str(tmp_path), "no_config")), "no half-made run is left"
+
+
+def write_run(folder, cfg, checkpoint=False, finished=False):
+    """A run folder as main.py leaves it: settings.txt, maybe model_latest.pth and results.json."""
+    from utils.run_dir import config_dict
+    os.makedirs(os.path.join(folder, "checkpoints"), exist_ok=True)
+    with open(os.path.join(folder, "settings.txt"), "w") as fh:
+        fh.writelines(f"{k}: {v}\n" for k, v in config_dict(cfg).items())
+    if checkpoint:
+        open(os.path.join(folder, "checkpoints", "model_latest.pth"), "wb").close()
+    if finished:
+        with open(os.path.join(folder, "results.json"), "w") as fh:
+            json.dump({"epochs_done": 1}, fh)
+
+
+@pytest.mark.parametrize("stored, now, state, expected", [
+    ([], [], "none", "exp_name"),                                   # same settings, nothing to lose: reused
+    ([], [], "started", "exp_name-2"),                              # unfinished, no resume flag: kept
+    ([], ["--automatic_resume"], "started", "exp_name"),            # continued
+    ([], ["--workers", "3", "--automatic_resume"], "started", "exp_name"),  # a key that changes no number
+    (["--n_eval", "8"], ["--automatic_resume"], "finished", "exp_name"),    # resumed: re-measures
+    (["--n_eval", "8"], [], "finished", "exp_name-2"),              # not resumed: another run
+    (["--epochs", "2"], ["--automatic_resume"], "started", "exp_name-2"),   # training differs: never reused
+    ([], ["--force"], "finished", "exp_name-2"),
+    ([], [], "finished", "finished"),
+])
+def test_run_folder_rule(tmp_path, stored, now, state, expected):
+    from utils.config import parse_config
+    from utils.run_dir import run_dir_for
+    from utils.run_guard import choose_run_dir
+    base = FLAGS + ["--log-dir", str(tmp_path), "--prune-rate", "0.3"]
+    old = parse_config(base + stored)
+    write_run(run_dir_for(old, "search"), old, checkpoint=state != "none", finished=state == "finished")
+    where = choose_run_dir(parse_config(base + now), "search")
+    assert ("finished" if where.finished else where.name) == expected
+    assert where.dir == run_dir_for(old, "search", name=where.name)

@@ -5,7 +5,9 @@ is free, or when it holds this same run (same settings, see ``settings_diff``) a
 
 * that run has no checkpoint yet (nothing there to lose), or
 * it is unfinished and --automatic_resume / --resume continues it (settings of the
-  evaluation protocol, ``RESUME_MAY_CHANGE``, may then differ: the loop re-measures).
+  evaluation protocol, ``RESUME_MAY_CHANGE``, may then differ: the loop re-measures;
+  a folder without settings.txt, written by an older version, is continued too: the
+  checkpoint is checked when it loads).
 
 A finished run with the same settings is not run again (``Decision.finished``),
 unless --force. Anything else (other settings, an unfinished run without a resume
@@ -74,11 +76,11 @@ def _verdict(run_dir, cfg):
     if not _has_files(run_dir):
         return "free"
     diff = settings_diff(run_dir, cfg)
-    if diff is None:
-        return "it holds files but no settings.txt"
     resuming = bool(cfg.automatic_resume or cfg.resume)
     finished = os.path.isfile(os.path.join(run_dir, "results.json"))
     started = os.path.isfile(os.path.join(run_dir, "checkpoints", "model_latest.pth"))
+    if diff is None:  # no settings.txt (an older version's run): only an explicit resume continues it
+        return "reuse" if resuming and started and not finished else "it holds files but no settings.txt"
     if diff and not (resuming and (started or finished) and _keys(diff) <= RESUME_MAY_CHANGE):
         return "it holds a run with other settings (" + "; ".join(diff[:3]) + ")"
     if finished and not diff:
