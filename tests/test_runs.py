@@ -132,7 +132,8 @@ def write_run(folder, cfg, checkpoint=False, finished=False):
     ([], ["--workers", "3", "--automatic_resume"], "started", "exp_name"),  # a key that changes no number
     (["--n_eval", "8"], ["--automatic_resume"], "finished", "exp_name"),    # resumed: re-measures
     (["--n_eval", "8"], [], "finished", "exp_name-2"),              # not resumed: another run
-    (["--epochs", "2"], ["--automatic_resume"], "started", "exp_name-2"),   # training differs: never reused
+    (["--epochs", "2"], ["--automatic_resume"], "finished", "exp_name"),   # a finished run extended
+    (["--lr", "0.2"], ["--automatic_resume"], "started", "exp_name-2"),     # training differs: never reused
     ([], ["--force"], "finished", "exp_name-2"),
     ([], [], "finished", "finished"),
 ])

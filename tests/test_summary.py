@@ -4,7 +4,6 @@ import io
 import json
 import os
 
-import pytest
 
 import tickets
 from tests.helpers import run_cli

@@ -30,7 +30,7 @@ from trainers.validation import (evaluate_only, measure, reevaluate_if_changed, 
                                  validate, validate_and_select)
 from utils.checkpoint import remove_stale_temporaries
 from utils.config import show_progress
-from utils.distributed import init_distributed, select_device, shutdown
+from utils.distributed import broadcast_object, init_distributed, select_device, shutdown
 from utils.errors import Interrupted, UserError
 from utils.eval_checks import check_eval_settings
 from utils.run_dir import Run, run_dir_for, setup_logging
@@ -59,7 +59,8 @@ def run_main(cfg, entry="main"):
         check_names(cfg)
         trainer_hook(cfg, "check")(cfg, task, ctx)
         check_eval_settings(cfg, entry)
-        where = None if cfg.evaluate else choose_run_dir(cfg, task)
+        # rank 0 decides (the others might see its folder half made)
+        where = None if cfg.evaluate else broadcast_object(ctx, choose_run_dir(cfg, task) if ctx.is_main else None)
         if where is not None and where.finished:
             return already_finished(where, ctx)
         if where is not None and where.reason:  # a numbered sibling: say so first
@@ -70,11 +71,7 @@ def run_main(cfg, entry="main"):
         else:
             setup_task(model, cfg, run_dir_for(cfg, task))
         if cfg.evaluate:
-            out = evaluate_only(cfg, ctx, run_dir_for(cfg, task), task, device, data, model)
-            if ctx.is_main:  # the original's line, then (last, as for every run) the JSON line
-                sys.stdout.write(f"Natural Acc: {out['natural_acc1']:.2f}, Robust Acc: "
-                                 f"{'n/a' if out['robust_acc1'] is None else format(out['robust_acc1'], '.2f')}\n")
-            return print_json(out, ctx)
+            return report_evaluation(evaluate_only(cfg, ctx, run_dir_for(cfg, task), task, device, data, model), ctx)
         resume = load_resume(cfg, where.dir, model)
         selection.check_same_split(cfg, resume)
         if not where.reason:
@@ -88,6 +85,14 @@ def run_main(cfg, entry="main"):
             raise
     finally:
         shutdown(ctx)
+
+
+def report_evaluation(out, ctx):
+    """-e's stdout: the original's line, then (last, as for every run) the JSON line."""
+    if ctx.is_main:
+        robust = "n/a" if out["robust_acc1"] is None else format(out["robust_acc1"], ".2f")
+        sys.stdout.write(f"Natural Acc: {out['natural_acc1']:.2f}, Robust Acc: {robust}\n")
+    return print_json(out, ctx)
 
 
 def print_json(out, ctx):

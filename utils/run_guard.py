@@ -4,8 +4,8 @@ The folder computed from the flags (``utils.run_dir.run_dir_for``) is used when 
 is free, or when it holds this same run (same settings, see ``settings_diff``) and
 
 * that run has no checkpoint yet (nothing there to lose), or
-* it is unfinished and --automatic_resume / --resume continues it (settings of the
-  evaluation protocol, ``RESUME_MAY_CHANGE``, may then differ: the loop re-measures;
+* --automatic_resume / --resume continues it (it is unfinished, or ``RESUME_MAY_CHANGE``
+  settings differ: the evaluation protocol, then the loop re-measures, or --epochs;
   a folder without settings.txt, written by an older version, is continued too: the
   checkpoint is checked when it loads).
 
@@ -26,8 +26,10 @@ from utils.errors import UserError
 IGNORED_SETTINGS = {"automatic_resume", "resume", "workers", "print_freq", "multigpu", "data", "log_dir",
                     "save_every", "compile", "channels_last", "start_epoch", "download", "name", "force",
                     "progress", "evaluate"}
-# evaluation protocol: a resumed run re-measures under the new one (trainers.loop.reevaluate_if_changed)
-RESUME_MAY_CHANGE = {"eval_attack", "n_eval", "aa_steps", "val_split", "amp"}
+# a resumed run may change these: the evaluation protocol (it re-measures under the new one,
+# trainers.validation.reevaluate_if_changed; --val_split is refused there) and --epochs (a run is
+# extended, as the original's resume allows)
+RESUME_MAY_CHANGE = {"eval_attack", "n_eval", "aa_steps", "val_split", "amp", "epochs"}
 MAX_SIBLINGS = 1000
 
 
