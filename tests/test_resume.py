@@ -162,7 +162,8 @@ def test_ctrl_c_mid_epoch_saves_exits_130_and_resume_matches_uninterrupted(unint
     proc = run_cli(*args(tmp_path, "--automatic_resume"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"at epoch 0 batch {saved['batches_done']}" in proc.stderr
-    assert re.search(r"val pgd: +\d+%\|", proc.stderr), "validation shows a bar per batch"
+    for bar in ("val natural", "val pgd"):
+        assert re.search(bar + r": +\d+%\|", proc.stderr), f"validation shows a bar per batch: {bar}"
     assert len(re.findall(r"epoch \d of 2: lr ", proc.stderr)) == 2  # one summary line per epoch
     assert json.loads(proc.stdout.strip().splitlines()[-1])["epochs_done"] == 2  # last line: JSON
     assert_same_run(final_state(tmp_path), uninterrupted)

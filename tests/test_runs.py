@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 
 import pytest
 
@@ -88,6 +89,7 @@ def test_evaluate_writes_its_own_record_and_leaves_the_training_run_alone(rst, c
     eval_dir = os.path.join(run_dir(rst), "eval")
     assert {k: v for k, v in snapshot(run_dir(rst)).items() if not k.startswith("eval")} == before
     assert os.path.dirname(out["record"]) == eval_dir
+    assert re.fullmatch(r"\d{8}T\d{6}Z(-\d+)?\.json", os.path.basename(out["record"])), "named by its UTC time"
     with open(out["record"]) as fh:
         record = json.load(fh)
     with open(best, "rb") as fh:
