@@ -150,10 +150,23 @@ def setup_logging(level=logging.INFO, is_main=True):
     root.setLevel(level if is_main else logging.WARNING)
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
                for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
+        h = _BarSafeHandler(sys.stderr)
         h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         root.addHandler(h)
     root.propagate = False
+
+
+class _BarSafeHandler(logging.StreamHandler):
+    """Console log lines that do not tear a progress bar: tqdm.write clears the bars, writes
+    the line and redraws them (a plain write when no bar is shown)."""
+
+    def emit(self, record):
+        try:
+            from tqdm import tqdm
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # noqa: BLE001  (logging's own contract: report, never raise)
+            self.handleError(record)
 
 
 def _attach_file_log(path):
