@@ -138,13 +138,19 @@ def write_run(folder, cfg, checkpoint=False, finished=False):
     (["--lr", "0.2"], ["--automatic_resume"], "started", "exp_name-2"),     # training differs: never reused
     ([], ["--force"], "finished", "exp_name-2"),
     ([], [], "finished", "finished"),
+    (["--seed", "7", "--seed_drawn"], [], "finished", "finished"),  # no --seed either time (a drawn seed)
 ])
 def test_run_folder_rule(tmp_path, stored, now, state, expected):
     from utils.config import parse_config
     from utils.run_dir import run_dir_for
     from utils.run_guard import choose_run_dir
     base = FLAGS + ["--log-dir", str(tmp_path), "--prune-rate", "0.3"]
-    old = parse_config(base + stored)
+    drawn = "--seed_drawn" in stored  # as a run without --seed records it (cfg.seed_drawn)
+    old = parse_config([a for a in base + stored if a != "--seed_drawn"])
+    if drawn:
+        old.seed_drawn = True
+    if drawn or "--seed" in now:
+        base = [a for i, a in enumerate(base) if a != "--seed" and base[i - 1] != "--seed"]
     write_run(run_dir_for(old, "search"), old, checkpoint=state != "none", finished=state == "finished")
     where = choose_run_dir(parse_config(base + now), "search")
     assert ("finished" if where.finished else where.name) == expected

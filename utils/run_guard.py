@@ -25,7 +25,7 @@ from utils.errors import UserError
 # experiments/runner.py judges figure points by the same rule.
 IGNORED_SETTINGS = {"automatic_resume", "resume", "workers", "print_freq", "multigpu", "data", "log_dir",
                     "save_every", "compile", "channels_last", "start_epoch", "download", "name", "force",
-                    "progress", "evaluate"}
+                    "progress", "evaluate", "seed_drawn"}
 # a resumed run may change these: the evaluation protocol (it re-measures under the new one,
 # trainers.validation.reevaluate_if_changed; --val_split is refused there) and --epochs (a run is
 # extended, as the original's resume allows)
@@ -53,6 +53,8 @@ def settings_diff(run_dir, cfg, label="now", ignored=IGNORED_SETTINGS):
     if not os.path.isfile(path):
         return None
     stored, wanted = read_settings(path), config_dict(cfg)
+    if wanted.get("seed") is None and stored.get("seed_drawn") == "True":
+        ignored = set(ignored) | {"seed"}  # no --seed either time: that run's seed was drawn, as this one's will be
     return [f"{k}: {stored[k]} (run) vs {wanted[k]} ({label})" for k in sorted(set(stored) & set(wanted))
             if k not in ignored and stored[k] != str(wanted[k])]
 

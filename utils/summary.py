@@ -61,7 +61,7 @@ def row(path, root):
     folder = os.path.dirname(path)
     settings = os.path.join(folder, "settings.txt")
     settings = read_settings(settings) if os.path.isfile(settings) else {}
-    seed = settings.get("seed")
+    seed = data["seed"] if data.get("seed") is not None else settings.get("seed")
     return {"arch": data.get("arch"), "set": data.get("set"), "k": data.get("prune_rate"), "task": data.get("task"),
             "seed": None if seed in (None, "None") else int(seed), "epochs": data.get("epochs_done"),
             "natural": _number(data.get("last_natural_acc1", data.get("natural_acc1"))),
