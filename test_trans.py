@@ -13,8 +13,9 @@ and robust_vs_k.png (R2S's when --r2s).
 stdout: first the original's lines, unchanged for scripts that parse them
 (``Robust Acc of <path>: <acc>`` per target and ``Acc list: [...]`` per source, the
 ``paper`` protocol), then one labelled line per protocol and source; with --r2s,
-one line of R2S accuracies.
+one line of R2S accuracies; last, the whole report as one JSON line.
 """
+import json
 import sys
 
 from utils.config import parse_config
@@ -32,6 +33,7 @@ def main(argv=None):
     if cfg.r2s:
         from trainers.r2s_eval import summary_line
         sys.stdout.write(summary_line(out.get("r2s", out)) + "\n")
+    sys.stdout.write(json.dumps(out, sort_keys=True, default=str) + "\n")  # last: the report, for scripts
     return out
 
 

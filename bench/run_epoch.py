@@ -10,8 +10,7 @@ bench times, for the same data, batches and attacks:
 
 and each validation twice, with ``attacks.pgd.pgd20(..., compact=False)`` and
 ``compact=True`` (the early-stopped PGD that drops finished examples from the
-batch). Where ``pgd20`` has no ``compact`` argument the bench says so and
-reports the uncompacted validation only. Both validations of a model start
+batch). Both validations of a model start
 from the same RNG state, so their accuracies must be identical (printed).
 
 Validation cost depends on how many examples PGD-20 fools early, so both
@@ -37,7 +36,6 @@ model, same process) and images/s.
 """
 import argparse
 import functools
-import inspect
 import os
 import statistics
 import sys
@@ -60,10 +58,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "config_rst", "demo-digits.yaml")
 KINDS = ("search", "dense")
 SEED = 0
-
-
-def has_compaction():
-    return "compact" in inspect.signature(pgd20).parameters
 
 
 def config(args, kind, iters):
@@ -116,8 +110,7 @@ def validate(run, data, device, compact):
     """Natural + PGD-20 accuracy as the training loop's validation computes them."""
     cfg, model = run[0], run[1]
     loader = make_loader(data.val, cfg.test_batch_size, False, cfg, seed=SEED)
-    kw = {"compact": compact} if compact is not None else {}
-    attack = functools.partial(pgd20, epsilon=cfg.epsilon / 255, **kw)
+    attack = functools.partial(pgd20, epsilon=cfg.epsilon / 255, compact=compact)
     torch.manual_seed(SEED + 1)  # the same PGD random starts in both modes
     common = dict(amp=cfg.amp, channels_last=cfg.channels_last)
     natural = evaluate(model, loader, device, **common)
@@ -128,7 +121,7 @@ def validate(run, data, device, compact):
 
 def measure(args, data, device):
     """Per kind: lists of train and validation timings (wall, CPU) and accuracies."""
-    modes = (False, True) if has_compaction() else (None,)
+    modes = (False, True)
     runs = {kind: build(args, kind, data, device) for kind in KINDS}
     warm_cfg = {kind: config(args, kind, args.warm_iters) for kind in KINDS}
     for epoch in range(args.warm_epochs):
@@ -166,13 +159,11 @@ def kind_line(kind, r, modes, n_train, n_val):
     parts = [f"{kind:>6}: train {tr:.2f} s/epoch ({n_train / tr:.1f} images/s)"]
     for mode in modes:
         v = statistics.median(col(r["val"][mode], 0))
-        label = {None: "validation", False: "validation uncompacted", True: "compacted"}[mode]
+        label = "compacted" if mode else "validation uncompacted"
         parts.append(f"{label} {v:.2f} s ({n_val / v:.1f} images/s)")
     nat, rob = r["acc"][modes[-1]][-1]
     same = all(r["acc"][m] == r["acc"][modes[0]] for m in modes)
-    tail = f"; last natural {nat:.2f}% PGD-20 {rob:.2f}%"
-    if len(modes) > 1:
-        tail += f", accuracies identical in both modes: {'yes' if same else 'NO'}"
+    tail = f"; last natural {nat:.2f}% PGD-20 {rob:.2f}%, accuracies identical in both modes: {'yes' if same else 'NO'}"
     return ", ".join(parts) + tail
 
 
@@ -190,8 +181,6 @@ def header(args, device, n_train, n_val):
 def report(args, device, res, modes, n_train, n_val):
     w = sys.stdout.write
     w(header(args, device, n_train, n_val))
-    if len(modes) == 1:
-        w("compaction unavailable: attacks.pgd.pgd20 has no `compact` argument here; uncompacted validation only\n")
     for kind in KINDS:
         w(kind_line(kind, res[kind], modes, n_train, n_val) + "\n")
     final = modes[-1]
@@ -200,20 +189,18 @@ def report(args, device, res, modes, n_train, n_val):
         ratios = [a / b for a, b in zip(epoch_times(s, final, i), epoch_times(d, final, i))]
         goal = "  goal <= 1.05" if i == 0 else ""
         w(f"{what} search/dense = {spread(ratios)}{goal}  [train + validation"
-          f"{', compacted' if final else ''}]\n")
+          ", compacted]\n")
     train_ratio = [a / b for a, b in zip(col(s["train"], 0), col(d["train"], 0))]
     w(f"train-only search/dense = {spread(train_ratio)}\n")
     shares = []
     for mode in modes:
         sh = [v / e for v, e in zip(col(s["val"][mode], 0), epoch_times(s, mode, 0))]
-        shares.append(f"{statistics.median(sh) * 100:.0f}% {'after' if mode else 'before'} compaction"
-                      if mode is not None else f"{statistics.median(sh) * 100:.0f}%")
+        shares.append(f"{statistics.median(sh) * 100:.0f}% {'after' if mode else 'before'} compaction")
     w(f"validation share of the search epoch: {', '.join(shares)}\n")
-    if len(modes) > 1:
-        for kind in KINDS:
-            sp = [a / b for a, b in zip(col(res[kind]["val"][False], 0), col(res[kind]["val"][True], 0))]
-            label = "validation speed-up" if kind == "search" else "validation speed-up (dense model)"
-            w(f"{label} = {spread(sp)}\n")
+    for kind in KINDS:
+        sp = [a / b for a, b in zip(col(res[kind]["val"][False], 0), col(res[kind]["val"][True], 0))]
+        label = "validation speed-up" if kind == "search" else "validation speed-up (dense model)"
+        w(f"{label} = {spread(sp)}\n")
     for kind in KINDS:
         fooled = ", ".join(f"{100 - rob:.1f}%" for _, rob in res[kind]["acc"][final])
         w(f"{kind}: PGD-20 fools {fooled} of the validation examples (per rep; these stop early)\n")

@@ -25,30 +25,13 @@ import time
 from utils.errors import UserError
 
 log = logging.getLogger("rst.figures")
-# settings.txt keys that do not change a run's numbers (or that name paths which may move)
-IGNORED_SETTINGS = {"automatic_resume", "resume", "workers", "print_freq", "multigpu", "data", "log_dir",
-                    "save_every", "pretrained", "compile", "channels_last", "start_epoch", "download"}
-
-
-def read_settings(path):
-    out = {}
-    with open(path) as fh:
-        for line in fh:
-            key, sep, value = line.rstrip("\n").partition(": ")
-            if sep:
-                out[key] = value
-    return out
 
 
 def settings_diff(point):
-    """Keys whose value in the run's settings.txt differs from the point's resolved config."""
-    from utils.run_dir import config_dict
-    path = os.path.join(point.run_dir(), "settings.txt")
-    if not os.path.isfile(path):
-        return []
-    stored, wanted = read_settings(path), config_dict(point.config())
-    return [f"{k}: {stored[k]} (run) vs {wanted[k]} (figure)" for k in sorted(set(stored) & set(wanted))
-            if k not in IGNORED_SETTINGS and stored[k] != str(wanted[k])]
+    """Keys whose value in the run's settings.txt differs from the point's resolved config: the rule
+    by which main.py itself refuses a folder (``utils.run_guard``), so a point never lands in a sibling."""
+    from utils.run_guard import settings_diff as diff
+    return diff(point.run_dir(), point.config(), label="figure") or []
 
 
 def result_ok(point, data):

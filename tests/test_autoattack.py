@@ -11,6 +11,7 @@ import main as main_entry
 import test_trans
 from tests.test_r2s import FLAGS, digits, save_ticket, shared_network, ticket_of
 from attacks import autoattack as aa
+from attacks import pgd as attacks_pgd
 from attacks.autoattack import AutoAttackEval, autoattack, autoattack_rand
 from attacks.pgd import pgd20
 from trainers.evaluate import EVAL_ATTACKS
@@ -98,14 +99,46 @@ def test_evaluate_cli_runs_the_reference_with_the_recorded_settings(trained, tmp
     assert ref.attacks_to_run == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
     assert ref.epsilon == pytest.approx(8 / 255) and ref.apgd.n_iter == 3 and ref.apgd.n_restarts == 5
     assert out["eval_attack"] == "autoattack" and out["robust_acc1"] < out["natural_acc1"]
-    with open(os.path.join(tmp_path, "no_config", "w", "prune_rate=1.0", "search", "width_mult=0.125",
-                           "results.json")) as fh:
+    record = out["record"]  # -e writes its own record, in <run>/eval/
+    assert os.path.dirname(record) == os.path.join(tmp_path, "no_config", "w", "prune_rate=1.0", "search",
+                                                   "width_mult=0.125", "eval")
+    with open(record) as fh:
         saved = json.load(fh)
     protocol = saved["eval_protocol"]
     assert saved["robust_acc1"] == out["robust_acc1"]
     assert protocol["implementation"].startswith("pyautoattack") and protocol["version"] == "plus"
     assert protocol["autoattack"]["settings"] == aa.settings_of(ref)["settings"]
     assert protocol["steps"] == ref.apgd.n_iter and protocol["restarts"] == ref.apgd.n_restarts
+
+
+def _check_scored(calls, model_out):
+    """Every scored example is in the 8/255-ball around its input and in [0, 1]; the reported
+    robust accuracy is the accuracy on exactly those examples."""
+    x = torch.cat([c[0] for c in calls])
+    x_adv, y = torch.cat([c[1] for c in calls]), torch.cat([c[2] for c in calls])
+    assert len(y) == 4
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert not torch.equal(x_adv, x)
+    return x_adv, y
+
+
+def test_evaluate_cli_wires_pgd20(trained, tmp_path, monkeypatch):
+    model, _, _ = trained
+    calls, settings = [], []
+    real = attacks_pgd.pgd
+
+    def spy(net, x, y, epsilon, step, iters, **kwargs):
+        settings.append((net.training, epsilon, step, iters, kwargs))
+        x_adv = real(net, x, y, epsilon, step, iters, **kwargs)
+        calls.append((x, x_adv, y))
+        return x_adv
+
+    monkeypatch.setattr(attacks_pgd, "pgd", spy)
+    out = _evaluate_cli(_checkpoint(model, tmp_path), tmp_path)
+    training, eps, step, iters, kwargs = settings[0]
+    assert not training and eps == pytest.approx(8 / 255) and step == pytest.approx(2 / 255) and iters == 20
+    assert kwargs["early_stop"] is True and kwargs.get("restarts", 1) == 1
+    _check_scored(calls, out)
 
 
 class _Recorder(torch.nn.Module):

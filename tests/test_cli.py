@@ -65,10 +65,13 @@ def test_evaluate_prints_accuracies(searched, tmp_path):
     ckpt = os.path.join(run_dir(searched, "search"), "checkpoints", "model_best.pth")
     proc = run_cli("main.py", *common(tmp_path, "--prune-rate", "0.3", "-e", "--pretrained", ckpt))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    line = proc.stdout.strip().splitlines()[-1]
+    *_, line, last = proc.stdout.strip().splitlines()
     assert line.startswith("Natural Acc: ") and ", Robust Acc: " in line
-    with open(os.path.join(run_dir(tmp_path, "search"), "results.json")) as fh:
-        res = json.load(fh)
+    res = json.loads(last)  # the last stdout line: the JSON record, also written to <run>/eval/
+    with open(res["record"]) as fh:
+        assert json.load(fh) == res
+    assert os.path.dirname(res["record"]) == os.path.join(run_dir(tmp_path, "search"), "eval")
+    assert not os.path.exists(os.path.join(run_dir(tmp_path, "search"), "results.json"))
     assert f"{res['natural_acc1']:.2f}" in line and f"{res['robust_acc1']:.2f}" in line
 
 

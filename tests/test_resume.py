@@ -31,7 +31,7 @@ def args(log_dir, *extra):
     return ["--set", "Digits", "--arch", "cResNet18", "--width-mult", "0.125", "-b", "64", "--low-data", "0.2",
             "--n_eval", "32", "--epochs", "2", "--val_every", "1", "--seed", "0", "--attack_type", "pgd",
             "--attack_iters", "1", "--prune-rate", "0.3", "--lr_policy", "cosine_lr", "--workers", "0",
-            "--name", "r", "--log-dir", str(log_dir), *extra]
+            "--name", "r", "--log-dir", str(log_dir), "--progress", "on", *extra]
 
 
 def run_dir(log_dir):
@@ -146,6 +146,26 @@ def test_sigterm_mid_epoch_saves_position_and_resume_matches_uninterrupted(unint
     proc = run_cli(*args(tmp_path, "--automatic_resume"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"at epoch 0 batch {saved['batches_done']}" in proc.stderr
+    assert_same_run(final_state(tmp_path), uninterrupted)
+
+
+def test_ctrl_c_mid_epoch_saves_exits_130_and_resume_matches_uninterrupted(uninterrupted, tmp_path):
+    run = Watched(args(tmp_path))
+    run.wait_for(after_batches(0, 1))  # no checkpoint yet: Ctrl-C must write the first one
+    os.kill(run.proc.pid, signal.SIGINT)
+    assert run.finish() == 130, run.text()[-2000:]
+    assert "SIGINT: checkpoint saved at epoch 0" in run.text() and "Traceback" not in run.text()
+    saved = load_checkpoint(os.path.join(run_dir(tmp_path), "checkpoints", "model_latest.pth"))
+    assert saved["epoch"] == 0 and 1 <= saved["batches_done"] <= BATCHES
+    assert not os.path.exists(os.path.join(run_dir(tmp_path), "results.json"))
+
+    proc = run_cli(*args(tmp_path, "--automatic_resume"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"at epoch 0 batch {saved['batches_done']}" in proc.stderr
+    for bar in ("val natural", "val pgd"):
+        assert re.search(bar + r": +\d+%\|", proc.stderr), f"validation shows a bar per batch: {bar}"
+    assert len(re.findall(r"epoch \d of 2: lr ", proc.stderr)) == 2  # one summary line per epoch
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["epochs_done"] == 2  # last line: JSON
     assert_same_run(final_state(tmp_path), uninterrupted)
 
 

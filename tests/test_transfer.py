@@ -1,6 +1,7 @@
 """test_trans.py: the source x target matrices under PGD-20 transfer, both protocols (Digits, tiny tickets)."""
 import csv
 import json
+import re
 import os
 
 from types import SimpleNamespace
@@ -39,9 +40,10 @@ def ticket_dir(tmp_path_factory):
 def test_cli_writes_the_full_matrix(ticket_dir, tmp_path):
     proc = run_cli("test_trans.py", *FLAGS, "--pretrained", ticket_dir / "searched.pth", "--all_sources",
                    "--n_eval", "16", "--epsilon", "1", "--seed", "0", "--workers", "0", "--log-dir", tmp_path,
-                   "--name", "tt", timeout=240)
+                   "--name", "tt", "--progress", "on", timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "skipped notes.pth" in proc.stderr
+    assert re.search(r"source 3/3 \S+: +\d+%\|", proc.stderr), "a progress bar per transfer source"
     run = tmp_path / "no_config" / "tt" / "prune_rate=0.9" / "transfer" / "width_mult=0.125"
     with open(run / "transfer_matrix.json") as fh:
         rep = json.load(fh)
@@ -65,7 +67,7 @@ def test_cli_writes_the_full_matrix(ticket_dir, tmp_path):
         assert (run / png).read_bytes()[:8] == PNG
     # the original's lines first (paper protocol, paths as it built them), then one labelled line per row
     out = proc.stdout.strip().splitlines()
-    assert len(out) == 3 * 4 + 6
+    assert len(out) == 3 * 4 + 6 + 1 and json.loads(out[-1])["matrices"] == rep["matrices"]  # last: JSON
     for s, source in enumerate(rep["sources"]):
         block = out[4 * s:4 * s + 4]
         assert block[:3] == [f"Robust Acc of {os.path.join(str(ticket_dir), f)}: {paper[s][j]:f}"

@@ -37,11 +37,13 @@ import math
 import os
 
 import torch
+from tqdm import tqdm
 
 from attacks.autoattack import AutoAttackEval
 from attacks.randomized import RANDOMIZED_ATTACKS, expected_correct, member_logits
 from models.r2s import STRUCTURE_KEYS, R2S, build_r2s
 from trainers import transfer_examples
+from utils.config import show_progress
 
 log = logging.getLogger("rst")
 STEP = 2 / 255  # [0, 1] units: every PGD-type attack here, and ARC's local step
@@ -154,9 +156,10 @@ def transfer_worst(transfer, tally):
     return worst
 
 
-def _evaluate_batch(r2s, views, x, y, transfer_ok, attacks, tally):
+def _evaluate_batch(r2s, views, x, y, transfer_ok, attacks, tally, bar=None):
     """One batch: natural, then every adaptive attack in every pass (into ``tally``);
-    ``transfer_ok``: the batch's per-example minimum over transfer."""
+    ``transfer_ok``: the batch's per-example minimum over transfer; ``bar`` (tqdm) shows
+    which attack runs."""
     clean = member_logits(views, x).argmax(2) == y
     natural = clean.double().mean(0)
     tally.natural += float(natural.sum())
@@ -167,6 +170,8 @@ def _evaluate_batch(r2s, views, x, y, transfer_ok, attacks, tally):
     for p in range(tally.passes):
         within = worst.clone()
         for name, attack in attacks.items():
+            if bar is not None:
+                bar.set_postfix_str(f"pass {p + 1}/{tally.passes} {name}")
             ok = expected_correct(r2s, attack(r2s, x, y), y)
             tally.adaptive[name][p] += float(ok.sum())
             within = torch.minimum(within, ok)
@@ -203,9 +208,10 @@ def evaluate_r2s(r2s: R2S, loader, device, cfg, seed=0, attacks=None, transfer=N
     transfer_ok = transfer_worst(transfer, tally)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for batch, (x, y) in enumerate(loader):
+        bar = tqdm(loader, desc="R2S", leave=False, disable=not show_progress(cfg))
+        for batch, (x, y) in enumerate(bar):
             at = slice(tally.n, tally.n + len(y))
-            _evaluate_batch(r2s, views, x.to(device), y.to(device), transfer_ok[at], attacks, tally)
+            _evaluate_batch(r2s, views, x.to(device), y.to(device), transfer_ok[at], attacks, tally, bar)
             log.info("R2S batch %d: %d examples done", batch, tally.n)
     if transfer_ok.numel() != tally.n:
         raise ValueError(f"transfer correctness covers {transfer_ok.numel()} examples, the loader {tally.n}")

@@ -35,6 +35,7 @@ from trainers.transfer_examples import (accuracy_row, paper_and_strong, protocol
                                         source_correctness)
 from trainers.evaluate import EVAL_ATTACKS, evaluate
 from utils.checkpoint import atomic_save, check_arch, extract_state_dict, load_checkpoint, load_model_state
+from utils.config import show_progress
 from utils.distributed import DistContext, select_device
 from utils.errors import UserError
 from utils.eval_checks import check_eval_settings
@@ -175,16 +176,17 @@ def rng_fork(device):
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
-def transfer_accuracy(source, targets, loader, device, attack, seed):
+def transfer_accuracy(source, targets, loader, device, attack, seed, progress=False, desc="transfer"):
     """Top-1 accuracy (%) of each target on the adversarial examples of ``source``.
 
     Examples are generated batch by batch (never stored); the attack's random
     starts come from torch's RNG seeded with ``seed`` (the caller's RNG state is kept).
+    ``progress``: a bar per batch on stderr.
     """
     correct, total = torch.zeros(len(targets), dtype=torch.float64), 0
     with rng_fork(device):
         torch.manual_seed(seed)
-        for x, y in loader:
+        for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
             x, y = x.to(device), y.to(device)
             x_adv = attack(source, x, y)
             with torch.no_grad():
@@ -194,10 +196,10 @@ def transfer_accuracy(source, targets, loader, device, attack, seed):
     return (100.0 * correct / max(1, total)).tolist()
 
 
-def source_rows(source, targets, loader, device, epsilon, seed):
+def source_rows(source, targets, loader, device, epsilon, seed, progress=False, desc="transfer"):
     """{protocol: accuracy (%) of each target} on ``source``'s transfer examples, and the
     per-example correctness they come from (see ``trainers.transfer_examples``)."""
-    correct = source_correctness(source, targets, loader, device, epsilon, seed)
+    correct = source_correctness(source, targets, loader, device, epsilon, seed, progress=progress, desc=desc)
     return {p: accuracy_row(c) for p, c in protocol_correctness(correct).items()}, correct
 
 
@@ -211,26 +213,31 @@ def compute_transfer(cfg, tickets, sources, loader, device):
     matrix's diagonal where the ticket is a source).
     """
     seed, eps, pgd = int(cfg.seed or 0), cfg.epsilon / 255, EVAL_ATTACKS.get("pgd")(cfg)
+    bar = show_progress(cfg)
     models = [t.model for t in tickets]
-    natural = [evaluate(m, loader, device, desc="natural")["acc1"] for m in models]
+    natural = [evaluate(m, loader, device, desc=f"natural {t.name}", progress=bar)["acc1"]
+               for m, t in zip(models, tickets)]
     rows, robust, details = {p: [] for p in PROTOCOLS}, [None] * len(tickets), {"correct": {}, "robust_ran": None}
     for s, ticket in enumerate(tickets):
         if s in sources:
             log.info("PGD-20 (paper and strong) from %s -> every ticket", ticket.name)
-            row, details["correct"][s] = source_rows(ticket.model, models, loader, device, eps, seed)
+            row, details["correct"][s] = source_rows(ticket.model, models, loader, device, eps, seed, progress=bar,
+                                                     desc=f"source {s + 1}/{len(tickets)} {ticket.name}")
             for p in PROTOCOLS:
                 rows[p].append(row[p])
             robust[s] = row["paper"][s]
         elif cfg.eval_attack == "pgd":
             log.info("PGD-20 white-box on %s", ticket.name)
-            robust[s] = transfer_accuracy(ticket.model, [ticket.model], loader, device, pgd, seed)[0]
+            robust[s] = transfer_accuracy(ticket.model, [ticket.model], loader, device, pgd, seed, progress=bar,
+                                          desc=f"PGD-20 {ticket.name}")[0]
     if cfg.eval_attack != "pgd":
         attack = EVAL_ATTACKS.get(cfg.eval_attack)(cfg)
         for s, ticket in enumerate(tickets):
             log.info("%s on %s", cfg.eval_attack, ticket.name)
             with rng_fork(device):
                 torch.manual_seed(seed)
-                robust[s] = evaluate(ticket.model, loader, device, attack=attack, desc=cfg.eval_attack)["acc1"]
+                robust[s] = evaluate(ticket.model, loader, device, attack=attack, progress=bar,
+                                     desc=f"{cfg.eval_attack} {ticket.name}")["acc1"]
         details["robust_ran"] = attack.protocol() if hasattr(attack, "protocol") else None
     return rows, natural, robust, details
 

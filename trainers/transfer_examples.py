@@ -17,6 +17,7 @@ by construction.
 """
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from attacks.pgd import input_gradient, random_start, sign_step
 
@@ -59,14 +60,15 @@ def keep_higher(delta, logits, y, best, best_loss):
     return torch.where(better, delta, best), torch.max(loss, best_loss)
 
 
-def source_correctness(source, targets, loader, device, epsilon, seed, examples=paper_and_strong):
+def source_correctness(source, targets, loader, device, epsilon, seed, examples=paper_and_strong, progress=False,
+                       desc="transfer"):
     """{candidate: bool [targets, examples]}: whether each target classifies each candidate
     correctly (candidates of ``examples(source, x, y, epsilon)``, see the module docstring).
-    The caller's RNG state is kept."""
+    The caller's RNG state is kept; ``progress``: a tqdm bar per batch on stderr."""
     out = {c: [] for c in CANDIDATES}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for x, y in loader:
+        for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
             x, y = x.to(device), y.to(device)
             for name, x_adv in zip(CANDIDATES, examples(source, x, y, epsilon)):
                 with torch.no_grad():

@@ -1,1 +1,1 @@
-"""Shared helpers: configuration, registries, errors, checkpoints, attacks, logging."""
+"""Shared helpers: configuration, registries, errors, checkpoints, run folders, logging, provenance."""

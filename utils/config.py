@@ -17,6 +17,7 @@ ATTACK_TYPES = ("fgsm", "fgsm-rs", "pgd", "free", None)
 TASKS = ("search", "ft_inherit", "ft_reinit", "ft_full")
 FT_FULL_MODES = ("all", "only_zero", "decay_on_zero", "low_lr_zero")
 AMP_MODES = ("none", "bf16", "fp16")
+PROGRESS_MODES = ("auto", "on", "off")
 
 
 def _int_list(text):
@@ -155,7 +156,12 @@ def _add_tasks(p):
     p.add_argument("--automatic_resume", action="store_true",
                    help="resume from this run's checkpoints/model_latest.pth if it exists (else start); "
                         "on CPU with a fixed --seed the result equals an uninterrupted run's")
-    p.add_argument("-e", "--evaluate", action="store_true", help="evaluate --pretrained and exit")
+    p.add_argument("--force", action="store_true",
+                   help="run again although a finished run with these settings exists (into a new numbered sibling)")
+    p.add_argument("--progress", default="auto", choices=PROGRESS_MODES,
+                   help="progress bars on stderr: auto (when stderr is a terminal), on, off")
+    p.add_argument("-e", "--evaluate", action="store_true",
+                   help="evaluate --pretrained and exit (writes <run>/eval/<time>.json only)")
     p.add_argument("--not_strict", action="store_true", help="load checkpoints skipping mismatched keys")
     p.add_argument("--ft_init", default="kaiming_normal", help="ft_reinit: weight init")
     p.add_argument("--ft_full_mode", default="all", choices=FT_FULL_MODES, help="ft_full: how pruned weights train")
@@ -294,3 +300,13 @@ def check_prune_rate(k, masked=True):
     if masked and not (0.0 < float(k) <= 1.0):
         raise UserError(f"--prune-rate (fraction of weights kept) must be in (0, 1], got {k}; "
                         "pass e.g. --prune-rate 0.1")
+
+
+def show_progress(cfg, stream=None):
+    """Whether progress bars are drawn: --progress on/off, else (auto) when ``stream``
+    (default stderr, where tqdm writes) is a terminal."""
+    mode = getattr(cfg, "progress", "auto")
+    if mode != "auto":
+        return mode == "on"
+    stream = sys.stderr if stream is None else stream
+    return bool(getattr(stream, "isatty", lambda: False)())

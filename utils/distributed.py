@@ -95,3 +95,12 @@ def select_device(cfg, ctx):
         return torch.device("cuda", ctx.local_rank)
     gpu = cfg.multigpu[0] if cfg.multigpu else 0
     return torch.device("cuda", gpu)
+
+
+def broadcast_object(ctx, obj, src=0):
+    """Rank ``src``'s ``obj`` (picklable) on every rank; ``obj`` itself on one process."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]
