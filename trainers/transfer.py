@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from data import build_dataset, make_loader, subset
 from models import build_model, masked_layers
