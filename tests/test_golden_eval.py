@@ -21,7 +21,7 @@ import torch
 import attacks.pgd as pgd_module
 from trainers.evaluate import EVAL_ATTACKS, evaluate
 from tests.test_golden_steps import GOLDEN, normalised, pixel_std
-from tests.test_golden_steps2 import build
+from tests.golden_steps2_run import build
 
 
 @functools.lru_cache(maxsize=None)

@@ -33,7 +33,7 @@ from utils.config import parse_config
 from utils.checkpoint import load_checkpoint
 from tests.test_golden_steps import GOLDEN, PRESET, mask_hash
 from tests.test_golden_steps import golden as golden_steps
-from tests.test_golden_steps2 import adopt_original_ties, golden_hashes
+from tests.golden_steps2_run import adopt_original_ties, golden_hashes
 
 CASES = ("search_natural_cosine", "search_natural_multistep")
 
