@@ -81,6 +81,25 @@ def test_best_acc5_is_the_running_maximum():
     assert (state.best_acc1, state.best_acc5) == (50.0, 90.0)
 
 
+def test_best_rule_strict_and_first_zero_validation_is_kept():
+    """README Differences: strict ">" as the original; a first validation at 0% is the best
+    (ours starts at -1, the original at 0.0 and then saves no model_best.pth)."""
+    state, train = TrainState(), {"acc1": 0.0, "acc5": 0.0}
+    assert state.record(0, train, {"acc1": 0.0, "acc5": 10.0}, None)
+    assert not state.record(1, train, {"acc1": 0.0, "acc5": 10.0}, None)
+    assert state.record(2, train, {"acc1": 5.0, "acc5": 10.0}, None)
+    assert not state.record(3, train, {"acc1": 5.0, "acc5": 10.0}, None)  # a tie is not better
+
+
+def test_conv_presets_name_their_runs_as_the_original():
+    names = {p: parse_config(["--config", os.path.join(ROOT, "config_rst", p)]).name
+             for p in ("conv2_usc_unsigned.yml", "conv4_usc_unsigned.yml", "conv6_usc_unsigned.yml",
+                       "resnet18-usc-unsigned-cifar.yaml", "resnet50-usc-unsigned-imagenet.yaml")}
+    assert names == {"conv2_usc_unsigned.yml": "conv2_usc_unsigned", "conv4_usc_unsigned.yml": "conv4_usc_unsigned",
+                     "conv6_usc_unsigned.yml": "conv6_usc_unsigned", "resnet18-usc-unsigned-cifar.yaml": "baseline",
+                     "resnet50-usc-unsigned-imagenet.yaml": None}
+
+
 @pytest.mark.parametrize("argv", [["--mean", "0.49", "0.48", "0.45"], ["--mean", "0.49,0.48,0.45"],
                                   ["--mean", "0.49", "0.48,0.45"], ["--mean", "0.49 0.48 0.45"]])
 def test_mean_and_std_take_spaces_or_commas(argv):

@@ -136,7 +136,8 @@ def prepare(cfg, ctx):
     The model is built right after seeding, as the original does (it seeds,
     builds the model, then the data), so its random draws are the original's.
     Our model needs the dataset's shape, so the data is built first, under the
-    same seed, and the seed is set again before the model.
+    same seed, and the seed is set again before the model. Without --seed a fresh
+    seed is drawn (the same on every rank) and recorded in ``cfg.seed``.
     """
     device = select_device(cfg, ctx)
     resolve_seed(cfg, lambda seed: all_reduce_sum(ctx, [seed if ctx.is_main else 0], device)[0])
