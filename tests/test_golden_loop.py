@@ -27,7 +27,7 @@ from torch.utils.data import TensorDataset
 from data.core import DataBundle, DatasetInfo
 from data.datasets import CIFAR_MEAN, CIFAR_STD
 from models import masked_layers
-from trainers import loop
+from trainers import loop, validation
 from trainers.train import TRAINERS
 from utils.config import parse_config
 from utils.checkpoint import load_checkpoint
@@ -136,7 +136,8 @@ def replay(case, work_dir):
             mock.patch.object(loop, "build_optimizer", rec.optimizer(loop.build_optimizer)), \
             mock.patch.object(loop, "build_criterion", rec.criterion(loop.build_criterion)), \
             mock.patch.object(loop, "run_epoch", rec.run_epoch(loop.run_epoch)), \
-            mock.patch.object(loop, "validate", rec.validate(loop.validate)), \
+            mock.patch.object(validation, "make_loader", loader), \
+            mock.patch.object(validation, "validate", rec.validate(validation.validate)), \
             mock.patch.object(loop, "TRAINERS", rec.trainers()):
         results = loop.run_main(cfg)
     model = rec.model.eval()
