@@ -164,8 +164,17 @@ def application_points(spec, log_dir, tickets):
 
 
 def link_tickets(spec, points, fig_dir):
-    """``<figure dir>/tickets/seed=<s>/<arch>_<k>.pth``: links to each finished search's model_best.pth."""
+    """``<figure dir>/tickets/seed=<s>/<arch>_<k>.pth``: links to each finished search's model_best.pth.
+    Links of k no longer in the spec are removed (test_trans.py reads every ticket in the folder)."""
     arch = _arch(spec)
+    wanted = {}
+    for p in points:
+        if p.script == "main.py" and p.stage == "train":
+            wanted.setdefault(ticket_folder(fig_dir, p.seed), set()).add(ticket_file(arch, p.fields["k"]))
+    for folder, names in wanted.items():
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            if name.endswith(".pth") and name not in names and os.path.islink(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
     for p in points:
         if p.script != "main.py" or p.stage != "train":
             continue
