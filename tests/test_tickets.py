@@ -129,3 +129,17 @@ def test_cli_export_of_a_run_directory_and_errors(tmp_path, capsys):
         cli_main(tickets.main, ["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "u.pth")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("error: ") and "checkpoint" in err and "\n" not in err.strip()
+
+
+def test_test_trans_loads_a_ticket_file_like_its_checkpoint(tmp_path):
+    from types import SimpleNamespace
+    from trainers.transfer import load_ticket
+    _, model = save_checkpoint(tmp_path / "ckpt.pth", "--init", "signed_constant", "--conv_type", "SubnetConv_row")
+    export(str(tmp_path / "ckpt.pth"), str(tmp_path / "net_0.3.pth"))
+    cfg = tiny_cfg()
+    cfg.width_mult, cfg.init = 1.0, "kaiming_normal"  # the ticket's own structure wins in test_trans.py
+    info = SimpleNamespace(num_classes=10, in_channels=3, image_size=32, mean=None, std=None)
+    ticket = load_ticket(cfg, str(tmp_path / "net_0.3.pth"), info, torch.device("cpu"))
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert ticket.prune_rate == 0.3 and torch.equal(ticket.model(x), model(x))

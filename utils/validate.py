@@ -83,3 +83,6 @@ def check_values(cfg, entry=None):
             raise UserError(why)
     if entry != "train_full":  # train_full.py trains dense (k = 1) whatever a shared preset says
         check_prune_rate_value(cfg)
+    if entry in ("main", "demo") and not cfg.evaluate and cfg.conv_type != "DenseConv":
+        from utils.config import check_prune_rate
+        check_prune_rate(cfg.prune_rate)  # k not given: say so now, before the dataset is even read
