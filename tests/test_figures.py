@@ -196,6 +196,26 @@ def test_slurm_dry_run_writes_nothing_setup_memory_and_failures(tmp_path):
     assert mems == ["24G", "8G", "4G"] and all("conda activate rst" in t for _, t in written[:3])
     for path, _ in written:
         assert subprocess.run(["bash", "-n", path]).returncode == 0, path
+    run_stage_with_fake_slurm(tmp_path, written[0][0])
+
+
+def run_stage_with_fake_slurm(tmp_path, script):
+    """An array task whose run fails exits with its status and is not requeued; one that exits 0
+    unfinished (Slurm's SIGTERM before the time limit) requeues itself."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fakes = {"srun": 'shift; exec "$@"', "scontrol": 'echo "$@" >> "$MARKER"', "conda": "exit 0",
+             "fakepython": 'for a in "$@"; do [ "$a" = --check ] && exit 1; done; exit "$RUN_EXIT"'}
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    for run_exit, code, requeued in (("3", 3, False), ("0", 0, True)):
+        marker = tmp_path / f"requeued-{run_exit}"
+        env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON="fakepython", RUN_EXIT=run_exit,
+                   MARKER=str(marker), SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_JOB_ID="7")
+        proc = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
+        assert proc.returncode == code, proc.stderr
+        assert marker.exists() == requeued, proc.stderr
 
 
 def test_submit_without_sbatch_and_bad_arguments(tmp_path):
