@@ -18,6 +18,7 @@ load, conda or venv activation) run at the top of every job script. Memory:
 ``mem`` is one value or ``{stage: value, default: value}``; the collect job uses
 ``collect_mem`` (default 4G: it only reads results and draws).
 """
+import difflib
 import os
 import shlex
 import shutil
@@ -129,6 +130,11 @@ def write_scripts(figure, profile, out, stages, spec, needs_prepare, setup=(), d
     """``<out>/<figure>/slurm/NN-<stage>.sbatch``, ``NN-collect.sbatch`` and ``submit.sh``; returns
     ``([(path, text), ...], submit.sh path)``. ``setup``: commands for the top of every job (they
     replace the spec's). ``dry_run``: nothing is written (no folder either)."""
+    for key in spec.get("slurm") or {}:
+        if key not in DEFAULTS:
+            near = difflib.get_close_matches(str(key), sorted(DEFAULTS), n=1)
+            raise UserError(f"unknown key '{key}' in the spec's slurm: entry"
+                            + (f"; did you mean '{near[0]}'?" if near else ""))
     options = dict(DEFAULTS, **(spec.get("slurm") or {}), root=os.path.abspath("."))
     if setup:
         options["setup"] = list(setup)

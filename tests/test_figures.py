@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers import ROOT
 from utils.config import parse_config
+from utils.errors import UserError
 
 FIGURES = os.path.join(ROOT, "experiments", "figures.py")
 # rows of each smoke figure: (id, variant) pairs
@@ -196,6 +197,9 @@ def test_slurm_dry_run_writes_nothing_setup_memory_and_failures(tmp_path):
     assert mems == ["24G", "8G", "4G"] and all("conda activate rst" in t for _, t in written[:3])
     for path, _ in written:
         assert subprocess.run(["bash", "-n", path]).returncode == 0, path
+    spec["slurm"] = {"memory": "8G"}
+    with pytest.raises(UserError, match="unknown key 'memory' in the spec's slurm: entry; did you mean 'mem'"):
+        slurm.write_scripts("property", "cifar10", str(tmp_path / "w"), stages, spec, set(), dry_run=True)
     run_stage_with_fake_slurm(tmp_path, written[0][0])
 
 
