@@ -71,7 +71,7 @@ def test_unknown_flags_get_a_suggestion(argv, prog, message):
     (["--momentum", "1"], "--momentum must be in [0, 1), got 1"),
     (["--lr", "-0.1"], "--lr must be >= 0, got -0.1"),
     (["--workers", "-2"], "--workers must be >= 0, got -2"),
-    (["--val_every", "0"], "--val_every must be at least 1"),
+    (["--val_every", "-1"], "--val_every must be >= 0"),
     (["--attack_iters", "0"], "--attack_iters must be at least 1"),
     (["--once_for_all_list", "0.5", "2"], "--once_for_all_list holds kept fractions, each in (0, 1], got 2"),
     (["--scale-fan", "--scale-fan-kept"], "--scale-fan (the original's fan*(1-k)) and --scale-fan-kept"),

@@ -28,7 +28,7 @@ RULES = {
     "label_smoothing": ("--label-smoothing", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "multistep_lr_adjust": ("--multistep_lr_adjust", lambda v: v >= 1, "must be at least 1 (epochs)"),
     "multistep_lr_gamma": ("--multistep_lr_gamma", lambda v: v > 0, "must be > 0"),
-    "val_every": ("--val_every", lambda v: v >= 1, "must be at least 1 (epochs)"),
+    "val_every": ("--val_every", lambda v: v >= 0, "must be >= 0 (epochs; 0 validates every epoch)"),
     "lottery_epochs": ("--lottery_epochs", lambda v: v >= 0, "must be >= 0"),
     "ss_l1": ("--ss_l1", lambda v: v >= 0, "must be >= 0"),
     "weight_decay_on_zero": ("--weight_decay_on_zero", lambda v: v >= 0, "must be >= 0"),
