@@ -1,7 +1,7 @@
 """The paper's three figures, one command each (see README, "Paper figures").
 
     python experiments/figures.py {existence,property,application} --profile {smoke,digits,cifar10}
-                                  [--out DIR] [--seeds N] [--dry-run] [--slurm [--submit]]
+                                  [--out DIR] [--seeds N] [--dry-run] [--slurm [--submit] [--slurm-setup CMD]]
                                   [--ablation NAME] [--collect-only] [--publish DIR]
 
 Runs every point of the figure that is not finished yet (ordinary runs of main.py,
@@ -51,6 +51,9 @@ def build_parser():
     p.add_argument("--dry-run", action="store_true", help="list every point, its state and command; run nothing")
     p.add_argument("--slurm", action="store_true", help="write sbatch --array scripts per stage (run nothing here)")
     p.add_argument("--submit", action="store_true", help="with --slurm: submit them (needs sbatch)")
+    p.add_argument("--slurm-setup", "--slurm_setup", dest="slurm_setup", action="append", default=[], metavar="CMD",
+                   help="with --slurm: a command run at the top of every job (module load, conda or venv "
+                        "activation; repeatable); replaces the spec's slurm: {setup: ...}")
     p.add_argument("--jobs", type=int, default=1, help="points of a stage run at once (each with cores/jobs threads)")
     p.add_argument("--spawn", action="store_true", help="start a fresh interpreter per point instead of forking")
     p.add_argument("--collect-only", action="store_true", help="only collect finished points and draw")
@@ -59,6 +62,7 @@ def build_parser():
     p.add_argument("--prepare", default=None, help=argparse.SUPPRESS)  # SLURM: set up a stage (ticket links)
     p.add_argument("--check", type=int, default=None, help=argparse.SUPPRESS)  # SLURM: exit 0 iff point done
     p.add_argument("--stage", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--check-all", action="store_true", help=argparse.SUPPRESS)  # SLURM collect: exit 1 if any unfinished
     return p
 
 
@@ -95,11 +99,16 @@ def dry_run(spec, points):
 
 def write_slurm(args, spec, out, points):
     stages = stages_of(args.figure, points)
-    files, submit = slurm.write_scripts(args.figure, args.profile, out, stages, spec,
-                                        needs_prepare={"transfer"} if args.figure == "application" else set())
-    for f in files:
-        log.info("wrote %s", f)
-    log.info("submit with: bash %s", submit)
+    scripts, submit = slurm.write_scripts(args.figure, args.profile, out, stages, spec,
+                                          needs_prepare={"transfer"} if args.figure == "application" else set(),
+                                          setup=args.slurm_setup, dry_run=args.dry_run)
+    for path, text in scripts:
+        if args.dry_run:  # print what would be written; write nothing
+            sys.stdout.write(f"# --- would write {path} ---\n{text}")
+        else:
+            log.info("wrote %s", path)
+    if not args.dry_run:
+        log.info("submit with: bash %s", submit)
     if args.submit and not args.dry_run:
         return slurm.submit(submit)
     return 0
@@ -111,6 +120,15 @@ def check(args, points):
     if not 0 <= args.check < len(stage):
         raise UserError(f"--check {args.check}: stage '{args.stage}' has {len(stage)} points")
     return 0 if runner.point_status(stage[args.check]) == "done" else 1
+
+
+def check_all(points):
+    """SLURM collect job: exit status 1 (listing them) if any point is not finished."""
+    left = [(p, runner.point_status(p)) for p in points]
+    left = [(p, status) for p, status in left if status != "done"]
+    for p, status in left:
+        log.error("not finished: %s %s (%s): see its run's log.txt and the stage's Slurm log", p.stage, p.id, status)
+    return 1 if left else 0
 
 
 def collect(args, spec, fig_dir, all_points):
@@ -138,6 +156,8 @@ def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.submit:
         args.slurm = True
+    if args.slurm_setup and not args.slurm:
+        raise UserError("--slurm-setup applies to --slurm job scripts; add --slurm")
     setup_logging()
     cwd = os.getcwd()
     if args.publish:
@@ -146,6 +166,8 @@ def main(argv=None):
     spec, out, fig_dir, all_points, points = build(args, cwd)
     if args.check is not None:
         return check(args, points)
+    if args.check_all:
+        return check_all(points)
     if args.prepare:
         if args.figure == "application" and args.prepare == "transfer":
             link_tickets(spec, points, fig_dir)

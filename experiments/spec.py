@@ -60,13 +60,18 @@ def _options():
     return out
 
 
-def flag_args(flags, where="spec"):
-    """``{dest: value}`` -> command-line tokens (``prune_rate: 0.1`` -> ``--prune-rate 0.1``)."""
+def flag_args(flags, where="spec", script=None):
+    """``{dest: value}`` -> command-line tokens (``prune_rate: 0.1`` -> ``--prune-rate 0.1``).
+    With ``script``, flags that entry point does not take (a figure's flags are shared by
+    main.py, train_full.py and test_trans.py) are left out: it would not use them."""
     options, argv = _options(), []
+    taken = {a.dest for a in build_parser(script)._actions} if script else set(options)
     for dest, value in (flags or {}).items():
         if dest not in options or dest in ("config", "help"):
             near = difflib.get_close_matches(str(dest), sorted(options), n=1)
             raise UserError(f"unknown flag key '{dest}' in {where}" + (f"; did you mean '{near[0]}'?" if near else ""))
+        if dest not in taken:
+            continue
         opt, action = options[dest]
         if action.nargs == 0:  # store_true
             argv += [opt] if value else []
@@ -122,7 +127,7 @@ def training_point(pid, stage, config, flags, *, task="search", name, log_dir, k
                    fields=None):
     """A main.py point (``task``) or, with ``task='train_full'``, a train_full.py point."""
     script = "train_full.py" if task == "train_full" else "main.py"
-    argv = ["--config", config] + flag_args(flags, f"the flags of point {pid}")
+    argv = ["--config", config] + flag_args(flags, f"the flags of point {pid}", script)
     argv += ["--name", name, "--log-dir", log_dir]
     if task != "train_full":
         argv += ["--task", task, "--prune-rate", f"{k:g}"]
@@ -134,7 +139,7 @@ def training_point(pid, stage, config, flags, *, task="search", name, log_dir, k
 
 def transfer_point(pid, stage, config, flags, *, name, log_dir, source, source_k, mode, fields=None):
     """A test_trans.py point: ``mode`` 'matrix' (--all_sources) or 'r2s'."""
-    argv = ["--config", config] + flag_args(flags, f"the flags of point {pid}")
+    argv = ["--config", config] + flag_args(flags, f"the flags of point {pid}", "test_trans.py")
     argv += ["--name", name, "--log-dir", log_dir, "--prune-rate", f"{source_k:g}", "--pretrained", source]
     argv += ["--all_sources"] if mode == "matrix" else ["--r2s"]
     result = "transfer_matrix.json" if mode == "matrix" else "r2s.json"

@@ -14,6 +14,7 @@ sys.path.insert(0, ROOT)
 
 import main as search_entry  # noqa: E402
 import train_full as dense_entry  # noqa: E402
+from utils.config import parse_config  # noqa: E402
 from utils.errors import cli_main  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "config_rst", "demo-digits.yaml")
@@ -25,7 +26,9 @@ def row(label, res, seconds):
 
 
 def demo(argv):
-    argv = ["--config", CONFIG] + list(argv or [])
+    argv = list(argv or [])
+    parse_config(["--config", CONFIG] + argv, prog="demo.py")  # --help, unknown or bad flags: before any run
+    argv = ["--config", CONFIG] + argv
     start = time.time()
     ticket = search_entry.main(argv + ["--task", "search"])
     mid = time.time()

@@ -22,6 +22,8 @@ from utils.config import parse_config
 HAS_TEST_TRANS = os.path.exists(os.path.join(ROOT, "test_trans.py"))
 TINY = ["--set", "Digits", "--arch", "cResNet18", "--width-mult", "0.125", "-b", "64", "--low-data", "0.1",
         "--n_eval", "16", "--epochs", "1", "--seed", "0", "--prune-rate", "0.3", "--workers", "0", "--name", "bad"]
+TRAIN_ONLY = ("--low-data", "--epochs")  # test_trans.py does not take them: its own parser refuses them
+TINY_TRANS = [a for i, a in enumerate(TINY) if a not in TRAIN_ONLY and (i == 0 or TINY[i - 1] not in TRAIN_ONLY)]
 RUN = os.path.join("no_config", "bad", "prune_rate=0.3", "search", "width_mult=0.125")
 
 # id, script, arguments after TINY ({f} = the fixture folder), text the error must contain, no run dir
@@ -67,7 +69,7 @@ ROWS = [
     ("main_eval_attack_without_attack", "main.py", ["--eval_attack", "autoattack"],
      "--eval_attack would be ignored: main.py measures robust accuracy only with --attack_type", True),
     ("main_eot_samples", "main.py", ["--attack_type", "pgd", "--eot_samples", "4"],
-     "--eot_samples would be ignored: it is used only by test_trans.py --r2s", True),
+     "--eot_samples would be ignored: it is a test_trans.py flag (main.py does not take it)", True),
     ("main_r2s_flag", "main.py", ["--r2s"], "--r2s would be ignored: it is a test_trans.py flag", True),
     ("main_val_split_one", "main.py", ["--val_split", "1"], "--val_split is the fraction", True),
     ("trans_epsilon_negative", "test_trans.py", ["--pretrained", "{f}/empty", "--all_sources", "--epsilon", "-8"],
@@ -148,7 +150,8 @@ def outcomes(tmp_path_factory):
     jobs = []
     for row_id, script, extra, _, _ in rows:
         extra = [a.format(f=folder) for a in extra]
-        jobs.append({"script": script, "args": TINY + ["--log-dir", str(folder / "logs" / row_id)] + extra,
+        base = TINY_TRANS if script == "test_trans.py" else TINY
+        jobs.append({"script": script, "args": base + ["--log-dir", str(folder / "logs" / row_id)] + extra,
                      "stdout": str(folder / f"{row_id}.out"), "stderr": str(folder / f"{row_id}.err"),
                      "timeout": 120, "log_dir": row_log_dir(folder, row_id, extra)})
     (folder / "jobs.json").write_text(json.dumps(jobs))

@@ -103,3 +103,31 @@ def test_search_really_learns(tmp_path):
                                  "--width-mult", "0.25", "--low-data", "1", "--n_eval", "360",
                                  "--lr_policy", "cosine_lr", "--init", "signed_constant", "--val_every", "3"))
     assert out["natural_acc1"] > 60, out
+
+
+def without(argv, *flags):
+    """``argv`` without the given flags and their values."""
+    out, skip = [], False
+    for a in argv:
+        if skip or a in flags:
+            skip = not skip and a in flags
+            continue
+        out.append(a)
+    return out
+
+
+def test_evaluate_an_exported_ticket_takes_k_and_width_from_it(searched, tmp_path):
+    """-e needs no --prune-rate / --width-mult (the checkpoint has them); the ticket file
+    (tickets.py export) evaluates exactly like the checkpoint; a disagreeing flag is an error."""
+    from trainers.ticket_export import export
+    from utils.errors import UserError
+    run = run_dir(searched, "search")
+    export(run, str(tmp_path / "ticket.pth"))
+    base = without(common(tmp_path), "--width-mult", "--attack_iters") + ["-e", "--attack_iters", "1"]
+    from_ckpt = main_entry.main(base + ["--pretrained", os.path.join(run, "checkpoints", "model_best.pth")])
+    from_ticket = main_entry.main(base + ["--pretrained", str(tmp_path / "ticket.pth")])
+    assert from_ckpt["prune_rate"] == from_ticket["prune_rate"] == 0.3
+    assert (from_ckpt["natural_acc1"], from_ckpt["robust_acc1"]) == (from_ticket["natural_acc1"],
+                                                                     from_ticket["robust_acc1"])
+    with pytest.raises(UserError, match=r"--width-mult 0.25 \(given\) vs 0.125 \(checkpoint\)"):
+        main_entry.main(base + ["--width-mult", "0.25", "--pretrained", str(tmp_path / "ticket.pth")])

@@ -37,8 +37,9 @@ def test_defaults_match_the_original():
     (["-b", "64"], "batch_size", 64),
     (["--batch_size", "64"], "batch_size", 64),
     (["--prune-rate", "0.05"], "prune_rate", 0.05),
-    (["--learning-rate", "-0.5"], "lr", -0.5),
-    (["--lr", "-1e-3"], "lr", -1e-3),
+    (["--learning-rate", "0.5"], "lr", 0.5),
+    (["--score-init-constant", "-0.5"], "score_init_constant", -0.5),
+    (["--score_init_constant", "-1e-3"], "score_init_constant", -1e-3),
 ])
 def test_cli_beats_yaml_beats_default(tmp_path, argv, key, value):
     path = write(tmp_path, "weight_decay: 5e-4\nbatch_size: 32\nprune_rate: 0.3\nlr: 0.2\n")
@@ -121,5 +122,6 @@ def test_help_describes_k_as_kept():
 
 
 def test_negative_values_for_short_flags():
-    assert parse_config(["-b", "-5"]).batch_size == -5
+    with pytest.raises(UserError, match=r"--batch_size must be at least 1, got -5"):  # -5 parsed as -b's value
+        parse_config(["-b", "-5"])
     assert parse_config(["--epsilon", "-2e0"]).epsilon == -2.0

@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers import ROOT
 from utils.config import parse_config
+from utils.errors import UserError
 
 FIGURES = os.path.join(ROOT, "experiments", "figures.py")
 # rows of each smoke figure: (id, variant) pairs
@@ -154,7 +155,7 @@ def test_slurm_dry_run_cifar10(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # commands are relative to the repository root
     outputs = {}
     for figure, extra in (("existence", ["--ablation", "all"]), ("property", []), ("application", [])):
-        proc = figures(figure, "--profile", "cifar10", "--out", tmp_path, "--slurm", "--dry-run", *extra)
+        proc = figures(figure, "--profile", "cifar10", "--out", tmp_path, "--slurm", *extra)
         assert proc.returncode == 0, proc.stderr[-3000:]
         folder = tmp_path / figure / "slurm"
         files = sorted(folder.glob("*.sbatch")) + [folder / "submit.sh"]
@@ -184,14 +185,72 @@ def test_slurm_dry_run_cifar10(tmp_path, monkeypatch):
         submit = (folder / "submit.sh").read_text()
         sbatch = re.findall(r"sbatch --parsable .* (\S+\.sbatch)\)", submit)
         assert sbatch == [f.name for f in files[:-1]]
-        deps = re.findall(r'dep=\(--dependency=(\w+):"\$j(\d+)"\)', submit)
-        last = len(sbatch) - 2  # the last stage: the collect job runs after it, whatever its outcome
-        assert deps == [("afterok", str(i)) for i in range(last)] + [("afterany", str(last))]
+        deps = re.findall(r'dep=\(--dependency=(\w+):(\S+?)( --kill-on-invalid-dep=yes)?\)', submit)
+        last = len(sbatch) - 2  # the collect job runs after every stage, whatever their outcome
+        assert deps == [("afterok", f'"$j{i}"', " --kill-on-invalid-dep=yes") for i in range(last)] + [
+            ("afterany", ":".join(f'"$j{i}"' for i in range(last + 1)), "")]
     assert outputs["existence"] == ["00-train.sbatch", "01-collect.sbatch", "submit.sh"]
     assert outputs["property"] == ["00-train.sbatch", "01-finetune.sbatch", "02-collect.sbatch", "submit.sh"]
     assert outputs["application"] == ["00-train.sbatch", "01-transfer.sbatch", "02-collect.sbatch", "submit.sh"]
     assert "--prepare transfer" in (tmp_path / "application" / "slurm" / "01-transfer.sbatch").read_text()
     assert len(arms(tmp_path / "application" / "slurm" / "01-transfer.sbatch")) == 2
+
+
+def test_slurm_dry_run_writes_nothing_setup_memory_and_failures(tmp_path):
+    """--slurm --dry-run prints the scripts and writes nothing; --slurm-setup tops every job; memory per
+    stage from the spec (collect 4G); a failed point is not requeued; the collect job checks every point."""
+    from experiments import slurm
+    from experiments.points import figure_points
+    from experiments.spec import load_spec
+    out = tmp_path / "out"
+    proc = figures("property", "--profile", "cifar10", "--out", out, "--slurm", "--dry-run",
+                   "--slurm-setup", "module load cuda", "--slurm-setup", "source /venv/bin/activate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not out.exists(), "a dry run writes nothing"
+    shown = re.split(r"^# --- would write (\S+) ---$", proc.stdout, flags=re.M)[1:]
+    scripts = dict(zip(shown[::2], shown[1::2]))
+    assert [os.path.basename(p) for p in scripts] == ["00-train.sbatch", "01-finetune.sbatch", "02-collect.sbatch",
+                                                     "submit.sh"]
+    for path, text in scripts.items():
+        if path.endswith(".sbatch"):
+            body = text.split("\n\n", 1)[1]
+            assert body.startswith("{\n  module load cuda\n}") and "source /venv/bin/activate" in body
+    collect = next(t for p, t in scripts.items() if p.endswith("collect.sbatch"))
+    assert "#SBATCH --mem=4G" in collect and "--check-all" in collect
+    train = next(t for p, t in scripts.items() if p.endswith("00-train.sbatch"))
+    assert "#SBATCH --mem=32G" in train and "not requeued" in train
+    spec = dict(load_spec("property", "cifar10"))
+    spec["slurm"] = dict(spec["slurm"], mem={"train": "24G", "default": "8G"}, setup="conda activate rst")
+    points = figure_points("property", spec, str(tmp_path / "fig"), [])
+    stages = [(s, [p for p in points if p.stage == s]) for s in ("train", "finetune")]
+    written, _ = slurm.write_scripts("property", "cifar10", str(tmp_path / "w"), stages, spec, set())
+    mems = [re.search(r"--mem=(\S+)", text).group(1) for _, text in written[:3]]
+    assert mems == ["24G", "8G", "4G"] and all("conda activate rst" in t for _, t in written[:3])
+    for path, _ in written:
+        assert subprocess.run(["bash", "-n", path]).returncode == 0, path
+    spec["slurm"] = {"memory": "8G"}
+    with pytest.raises(UserError, match="unknown key 'memory' in the spec's slurm: entry; did you mean 'mem'"):
+        slurm.write_scripts("property", "cifar10", str(tmp_path / "w"), stages, spec, set(), dry_run=True)
+    run_stage_with_fake_slurm(tmp_path, written[0][0])
+
+
+def run_stage_with_fake_slurm(tmp_path, script):
+    """An array task whose run fails exits with its status and is not requeued; one that exits 0
+    unfinished (Slurm's SIGTERM before the time limit) requeues itself."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fakes = {"srun": 'shift; exec "$@"', "scontrol": 'echo "$@" >> "$MARKER"', "conda": "exit 0",
+             "fakepython": 'for a in "$@"; do [ "$a" = --check ] && exit 1; done; exit "$RUN_EXIT"'}
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    for run_exit, code, requeued in (("3", 3, False), ("0", 0, True)):
+        marker = tmp_path / f"requeued-{run_exit}"
+        env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON="fakepython", RUN_EXIT=run_exit,
+                   MARKER=str(marker), SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_JOB_ID="7")
+        proc = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
+        assert proc.returncode == code, proc.stderr
+        assert marker.exists() == requeued, proc.stderr
 
 
 def test_submit_without_sbatch_and_bad_arguments(tmp_path):

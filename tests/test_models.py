@@ -17,8 +17,8 @@ ARCHS = list(MODELS)
 
 
 def build(arch, conv_type="SubnetConv", k=K, width=WIDTH, extra=(), **data):
-    cfg = parse_config(["--arch", arch, "--conv_type", conv_type, "--prune-rate", str(k),
-                        "--width-mult", str(width), *extra])
+    k_flag = [] if k is None else ["--prune-rate", str(k)]  # None: not given (the default 0.0)
+    cfg = parse_config(["--arch", arch, "--conv_type", conv_type, *k_flag, "--width-mult", str(width), *extra])
     data = {"num_classes": 10, "in_channels": 3, "image_size": 32, **data}
     return models.build_model(cfg, **data)
 
@@ -112,7 +112,7 @@ def test_non_positive_prune_rate_rejected(k):
 
 
 def test_dense_model_ignores_prune_rate():
-    model = build("Conv2", "DenseConv", k=0.0)
+    model = build("Conv2", "DenseConv", k=None)
     assert not any(isinstance(m, MaskedConv) for m in model.modules())
 
 

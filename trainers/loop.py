@@ -18,6 +18,7 @@ from data import build_dataset, make_loader
 from data.holdout import split_holdout
 from models import build_model, masked_layers
 from trainers import lottery, pruning, selection, ss  # noqa: F401  (lottery, ss: register --trainer lottery / ss)
+from trainers.checkpoint_config import apply_checkpoint_structure
 from trainers.evaluate import EVAL_ATTACKS
 from trainers.optim import build_criterion, build_optimizer, check_optimizer
 from trainers.resume import (StopFlag, agreed_stop, checkpoint_dict, load_resume, resume_path,  # noqa: F401
@@ -57,6 +58,8 @@ def run_main(cfg, entry="main"):
         if entry == "main":
             apply_free_imagenet(cfg)
         check_names(cfg)
+        if cfg.evaluate:  # k, width, arch, layer types from the checkpoint unless given
+            apply_checkpoint_structure(cfg, cfg.pretrained, entry)
         trainer_hook(cfg, "check")(cfg, task, ctx)
         check_eval_settings(cfg, entry)
         # rank 0 decides (the others might see its folder half made)

@@ -21,6 +21,7 @@ import warnings
 import torch
 
 from utils.errors import UserError
+from utils.ticket_format import decode_ticket, is_ticket
 
 log = logging.getLogger("rst")
 TMP_PREFIX = ".tmp-"  # temporary files of atomic_save; glob('*.pth') does not match them
@@ -114,7 +115,7 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(numpy_scalar_globals()):
             warnings.simplefilter("ignore")  # torch warns about pickle protocols on stderr
-            return torch.load(path, map_location=map_location, weights_only=True)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         unsafe = UNSAFE_GLOBAL.search(str(exc))
         if unsafe:
@@ -129,6 +130,7 @@ def load_checkpoint(path, map_location="cpu"):
     except Exception as exc:  # EOFError, zip/stream errors, KeyError on text files, OSError...
         raise UserError(f"checkpoint '{path}' is corrupt or truncated ({type(exc).__name__}: "
                         f"{_first_line(exc)}); use another copy") from None
+    return decode_ticket(obj, path) if is_ticket(obj) else obj  # a tickets.py export: a checkpoint dict
 
 
 def extract_state_dict(ckpt, path="checkpoint"):

@@ -85,8 +85,14 @@ def broadcast_buffers(ctx, module, src=0):
 
 
 def select_device(cfg, ctx):
-    """CUDA device for this rank (from --multigpu or LOCAL_RANK), else CPU with one warning."""
+    """This rank's device: ``--device`` (cpu, cuda, cuda:N) when given, else the first --multigpu id
+    or LOCAL_RANK's GPU when CUDA is available, else CPU (with one warning for --multigpu)."""
+    wanted = getattr(cfg, "device", None)
+    if wanted == "cpu":
+        return torch.device("cpu")
     if not torch.cuda.is_available():
+        if wanted:
+            raise UserError(f"--device {wanted}: CUDA is not available on this machine; pass --device cpu")
         if cfg.multigpu:
             log.warning("CUDA is not available: --multigpu %s ignored, running on CPU", cfg.multigpu)
         return torch.device("cpu")
@@ -94,6 +100,14 @@ def select_device(cfg, ctx):
         torch.cuda.set_device(ctx.local_rank)
         return torch.device("cuda", ctx.local_rank)
     gpu = cfg.multigpu[0] if cfg.multigpu else 0
+    if wanted and ":" in wanted:
+        index = int(wanted.split(":")[1])
+        if cfg.multigpu and index not in cfg.multigpu:
+            raise UserError(f"--device {wanted} is not among --multigpu {','.join(map(str, cfg.multigpu))}; "
+                            "pass one of them")
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {wanted}: this machine has {torch.cuda.device_count()} GPU(s)")
+        gpu = index
     return torch.device("cuda", gpu)
 
 

@@ -1,0 +1,96 @@
+"""The ticket file of ``tickets.py export``: a ticket in the fewest bits that rebuild its logits exactly.
+
+A ticket is a dict saved with ``torch.save`` and read back with
+``torch.load(weights_only=True)`` (``utils.checkpoint.load_checkpoint``), holding
+only tensors, strings, numbers, lists and dicts, so loading runs no code:
+
+* ``format`` = ``"rst-ticket"``, ``version``, ``arch``, ``prune_rate`` (k, fraction kept),
+  ``task``, ``config`` (every flag of the run, preset included) and ``card`` (the model card);
+* ``layers``: per masked layer (state-dict prefix), ``mask``: its keep mask over the
+  scores, bit-packed (uint8, C order, most significant bit first), and its kept weights:
+  ``encoding`` ``signed_constant`` (one constant and one sign bit per kept weight,
+  packed the same way) when every kept weight is +-c bit for bit, else ``kept``
+  (the kept weights themselves, in their dtype, in C order);
+* ``tensors``: every other state-dict entry as it is (BatchNorm statistics, dense layers);
+  ``order``: the state dict's key order.
+
+``decode_ticket`` returns a checkpoint dict (``state_dict`` with pruned weights 0
+and scores = the 0/1 mask, whose top-k is that mask) that every loader of
+``--pretrained`` accepts.
+"""
+from collections import OrderedDict
+
+import torch
+
+from utils.errors import UserError
+
+FORMAT, VERSION = "rst-ticket", 1
+_BIT_VALUES = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def pack_bits(flags):
+    """Bool tensor -> uint8 tensor of ceil(n / 8) bytes (C order, most significant bit first)."""
+    flat = flags.reshape(-1).to(torch.uint8)
+    flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % 8)]).view(-1, 8)
+    return (flat * torch.tensor(_BIT_VALUES, dtype=torch.uint8)).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed, n):
+    """uint8 tensor from ``pack_bits`` -> the first ``n`` bools."""
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8)
+    return ((packed.reshape(-1, 1) >> shifts) & 1).reshape(-1)[:n].bool()
+
+
+def is_ticket(obj):
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def broadcast_keep(keep, weight_shape):
+    """A keep mask over the scores (weight-shaped, or one score per filter / kernel / row,
+    stored with fewer dims) as a bool mask over the weight."""
+    keep = keep.reshape(tuple(keep.shape) + (1,) * (len(weight_shape) - keep.dim()))
+    return keep.expand(tuple(weight_shape))
+
+
+def _dtype(name):
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise UserError(f"ticket: unknown dtype '{name}'")
+    return dtype
+
+
+def decode_layer(entry, path):
+    """(weight, scores) of one masked layer; pruned weights are 0, scores the 0/1 keep mask."""
+    try:
+        mask_shape, weight_shape = tuple(entry["mask_shape"]), tuple(entry["weight_shape"])
+        dtype = _dtype(entry["dtype"])
+        n = 1
+        for d in mask_shape:
+            n *= d
+        keep = unpack_bits(entry["mask"], n).view(mask_shape)
+        keep_w = broadcast_keep(keep, weight_shape)
+        kept = int(keep_w.sum())
+        if entry["encoding"] == "signed_constant":
+            c = entry["constant"].to(dtype)
+            values = torch.where(unpack_bits(entry["signs"], kept), c, -c)
+        else:
+            values = entry["kept"].to(dtype)
+        weight = torch.zeros(weight_shape, dtype=dtype)
+        weight[keep_w] = values
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise UserError(f"ticket '{path}' is damaged ({type(exc).__name__}: {str(exc)[:80]})") from None
+    return weight, keep.to(dtype)
+
+
+def decode_ticket(ticket, path="ticket"):
+    """A ticket dict -> a checkpoint dict (arch, prune_rate, config, state_dict, card)."""
+    if ticket.get("version") != VERSION:
+        raise UserError(f"ticket '{path}' has format version {ticket.get('version')}; this code reads {VERSION}")
+    state = {}
+    for prefix, entry in ticket["layers"].items():
+        state[prefix + "weight"], state[prefix + "scores"] = decode_layer(entry, path)
+    state.update(ticket["tensors"])
+    order = [k for k in ticket.get("order", []) if k in state]
+    state = OrderedDict((k, state[k]) for k in order + [k for k in state if k not in order])
+    return {"arch": ticket.get("arch"), "prune_rate": ticket.get("prune_rate"), "task": ticket.get("task"),
+            "config": ticket.get("config"), "card": ticket.get("card"), "state_dict": state}
