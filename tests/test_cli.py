@@ -10,7 +10,7 @@ from tests.helpers import run_cli
 
 RESULT_KEYS = {"task", "arch", "set", "prune_rate", "epochs_done", "seed", "natural_acc1", "robust_acc1", "best_acc1",
                "natural_acc1_at_best_robustness", "train_seconds", "last_natural_acc1", "last_robust_acc1",
-               "best_epoch", "best_natural_acc1", "best_robust_acc1", "selection", "eval_protocol"}
+               "best_epoch", "best_natural_acc1", "best_robust_acc1", "selection", "eval_protocol", "history"}
 
 
 def common(tmp, *extra):

@@ -44,6 +44,7 @@ CASES = {c["case"]: c for c in INDEX["cases"]}
 # layers whose golden mask hash depends on how an exact |score| tie was broken
 TIE_LAYERS = {"wideresnet32": ["block2.layer.4.conv2"], "vgg16": ["features.34"],
               "resnet50_imagenet": ["layer3.2.conv2"]}
+TRAIN_MODE_RTOL = 5e-5  # see test_golden_logits_train_mode_batch_stats
 LOGIT_RTOL = 1e-5  # of the largest |logit|; we measured <= 4e-7 (cResNet18), 0 (Conv4, ResNet50)
 
 
@@ -153,12 +154,12 @@ def built(tmp_path_factory):
     cache.clear()
 
 
-def assert_close_logits(got, want):
+def assert_close_logits(got, want, rtol=None):
     want = torch.tensor(want)
     assert got.shape == want.shape
     scale = float(want.abs().max())
     err = float((got - want).abs().max())
-    assert err <= LOGIT_RTOL * scale, f"max |diff| {err:.3g} vs largest |logit| {scale:.3g}"
+    assert err <= (rtol or LOGIT_RTOL) * scale, f"max |diff| {err:.3g} vs largest |logit| {scale:.3g}"
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -183,7 +184,9 @@ def test_golden_logits_eval(built, case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_golden_logits_train_mode_batch_stats(built, case):
-    assert_close_logits(built(case).logits_train, CASES[case]["logits_train_mode_batchstats"])
+    # Batch statistics through 50 layers amplify float32 summation order: ResNet50 (ImageNet) reaches
+    # 1.2e-5 of its largest logit on an AMD EPYC host (4e-7 elsewhere); a wrong layer moves logits by >1e-2.
+    assert_close_logits(built(case).logits_train, CASES[case]["logits_train_mode_batchstats"], TRAIN_MODE_RTOL)
 
 
 @pytest.mark.parametrize("case", CASES)
