@@ -212,3 +212,17 @@ def test_subset_first_n(digits):
     s = subset(digits.val, 10)
     assert len(s) == 10 and torch.equal(s[3][0], digits.val[3][0])
     assert len(subset(digits.val, 10_000)) == 360
+
+
+def test_digits_native_resolution_and_scaled_shift():
+    from types import SimpleNamespace
+    from data.digits import build_digits
+    from utils.errors import UserError
+
+    native, default = build_digits(SimpleNamespace(image_size=8)), build_digits(SimpleNamespace(image_size=32))
+    assert native.info.image_size == 8 and native.val[0][0].shape == (3, 8, 8)
+    assert default.val[0][0].shape == (3, 32, 32)
+    assert native.train.shift == 0 and default.train.shift == 2  # half a native pixel at any size
+    assert len(native.train) == len(default.train) and native.val.labels.tolist() == default.val.labels.tolist()
+    with pytest.raises(UserError):
+        build_digits(SimpleNamespace(image_size=4))

@@ -63,7 +63,7 @@ def _data(a):
     a(ALL, "--data", default="datasets", help="dataset root folder")
     a(ALL, "--set", default="Digits", help="dataset name (see data registry); Digits needs no download")
     a(ALL, "--download", action="store_true", help="allow torchvision to download a missing dataset")
-    a(ALL, "--image_size", type=int, default=32, help="ImageFolder: side length in pixels")
+    a(ALL, "--image_size", type=int, default=32, help="ImageFolder and Digits: side length in pixels (Digits: 8 is native)")
     a(ALL, "--mean", type=_float_list, nargs="+", action=_FlatList, default=None,
       help="ImageFolder: per-channel mean, e.g. 0.5,0.5,0.5 or 0.5 0.5 0.5")
     a(ALL, "--std", type=_float_list, nargs="+", action=_FlatList, default=None,
