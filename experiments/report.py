@@ -22,9 +22,11 @@ def protocol(spec):
     n_eval = flags.get("n_eval")
     split = (f"a {flags['val_split']:g} hold-out of the training set" if flags.get("val_split")
              else "the test split itself (the paper's protocol)")
+    evaluated = {(spec.get(part) or {}).get("n_eval") for part in ("transfer", "r2s")} - {None}
+    transfer = f" (transfer and R2S: the first {min(evaluated)})" if evaluated else ""
     return (f"robust = PGD-20 (eps {flags.get('epsilon', 8):g}/255, step 2/255, 1 random start, early stop), "
-            f"{'all' if n_eval is None else n_eval} test images of {flags.get('set', '?')}; accuracies (%) on "
-            f"the test split at the epoch with the best PGD-20 accuracy on {split}")
+            f"{'all' if n_eval is None else n_eval} test images of {flags.get('set', '?')}{transfer}; accuracies "
+            f"(%) on the test split at the epoch with the best PGD-20 accuracy on {split}")
 
 
 def caption(spec):
