@@ -1,7 +1,7 @@
 """Transferability between tickets, and the R2S defence (see README).
 
     python test_trans.py --pretrained DIR/<net>_<k>.pth [--all_sources] [--r2s]
-                         [--eval_attack autoattack] [--n_eval N]
+                         [--eval_attack autoattack [--aa_version standard|plus|rand]] [--n_eval N]
 
 ``--pretrained`` names the source ticket (every checkpoint in its folder is a
 target), or a folder with ``--all_sources`` / ``--r2s``. Writes, in
@@ -13,7 +13,9 @@ and robust_vs_k.png (R2S's when --r2s).
 stdout: first the original's lines, unchanged for scripts that parse them
 (``Robust Acc of <path>: <acc>`` per target and ``Acc list: [...]`` per source, the
 ``paper`` protocol), then one labelled line per protocol and source; with --r2s,
-one line of R2S accuracies; last, the whole report as one JSON line.
+one line of R2S accuracies; last, the whole report as one JSON line. Everything runs in fp32
+(``--amp`` is refused); AutoAttack is the reference implementation (pyautoattack), see
+attacks/autoattack.py.
 """
 import json
 import sys
