@@ -15,7 +15,7 @@ mean and the 95% Student-t interval over seeds (``experiments.stats``). Verdicts
 import json
 import os
 
-from experiments.stats import fmt, paired
+from experiments.stats import describe, fmt, paired
 
 MATCH = 3.5     # points: the paper calls 47.0 (RST, k = 0.1) vs 50.19 (dense AT) comparable
 NOTABLE = 1.0   # points: the least gain called "notable"
@@ -82,7 +82,6 @@ def existence_claims(rows):
 
 
 def _d(values):
-    from experiments.stats import describe
     return describe(list(values.values()))
 
 
@@ -112,18 +111,16 @@ SHAPE_RULE = ("PGD-20 accuracy at the best k minus that at the smallest (rise) a
 def property_claims(rows):
     ks = ks_of(rows, variant="RST")
     low = ks[:2]
-    rst = {k: by_seed(rows, ROBUST, variant="RST", k=k) for k in ks}
 
-    def vs(variant):
-        return {k: paired(rst[k], by_seed(rows, ROBUST, variant=variant, k=k)) for k in ks}
+    def gap(a, b):
+        """{k: variant a − variant b PGD-20 accuracy, paired by seed}."""
+        return {k: paired(by_seed(rows, ROBUST, variant=a, k=k), by_seed(rows, ROBUST, variant=b, k=k)) for k in ks}
 
-    reinit, nat, adv = vs("ft_reinit"), vs("RTT (natural)"), vs("RTT (adversarial)")
-    inherit = {k: paired(by_seed(rows, ROBUST, variant="ft_inherit", k=k), by_seed(rows, ROBUST, variant="ft_reinit", k=k))
-               for k in ks}
+    reinit, nat, adv = gap("RST", "ft_reinit"), gap("RST", "RTT (natural)"), gap("RST", "RTT (adversarial)")
+    inherit, rtt_gap = gap("ft_inherit", "ft_reinit"), gap("RTT (adversarial)", "RTT (natural)")
     c2 = [match_verdict(reinit[k]) for k in low]
     c3 = [better_verdict(inherit[k], NOTABLE) for k in ks]
-    c4 = [better_verdict(paired(by_seed(rows, ROBUST, variant="RTT (adversarial)", k=k),
-                                by_seed(rows, ROBUST, variant="RTT (natural)", k=k))) for k in ks]
+    c4 = [better_verdict(rtt_gap[k]) for k in ks]
     return [
         claim("C2", "An RST without any training matches or beats an adversarially trained subnetwork of the same "
               "structure (ft_reinit) at low k.", "property figure (1); no numbers in SPEC section 9",
@@ -141,7 +138,7 @@ def property_claims(rows):
               "property figure (RTTs); qualitative, no numbers in SPEC section 9 (our reading of the figure)",
               "adversarial RTT − natural RTT PGD-20 accuracy per k, paired by seed; holds if more than half the k "
               "lie above 0. RST − RTT differences are listed for the reader, without a verdict",
-              [f"k = {k:g}: adversarial − natural RTT {fmt(paired(by_seed(rows, ROBUST, variant='RTT (adversarial)', k=k), by_seed(rows, ROBUST, variant='RTT (natural)', k=k)))} ({v}); "
+              [f"k = {k:g}: adversarial − natural RTT {fmt(rtt_gap[k])} ({v}); "
                f"RST − natural RTT {fmt(nat[k])}; RST − adversarial RTT {fmt(adv[k])}" for k, v in zip(ks, c4)],
               over_ks(c4, len(ks) // 2 + 1)),
     ]

@@ -29,7 +29,6 @@ from utils.config import parse_config
 from utils.errors import UserError
 
 ABLATIONS = ("init", "granularity", "attack")
-TRAINING_ONLY = ("val_split",)  # selection while training: test_trans.py refuses it (tickets carry their choice)
 RST, DENSE = "rst", "dense"  # run names shared by every figure of a profile (see seed_points)
 STAGES = {"existence": ("train",), "property": ("train", "finetune"), "application": ("train", "transfer")}
 
@@ -155,9 +154,8 @@ def application_points(spec, log_dir, tickets):
                                  task="train_full", name=DENSE, log_dir=log_dir,
                                  fields={"model": arch["label"], "variant": "dense AT"}))
     source = os.path.join(tickets, ticket_file(arch, min(ks)))
-    evaluation = {k: v for k, v in flags.items() if k not in TRAINING_ONLY}
     for mode, extra in (("matrix", spec.get("transfer")), ("r2s", spec.get("r2s"))):
-        points.append(transfer_point(mode, "transfer", arch["config"], merged(evaluation, extra),
+        points.append(transfer_point(mode, "transfer", arch["config"], merged(flags, extra),
                                      name=f"application-{mode}", log_dir=log_dir, source=source,
                                      source_k=min(ks), mode=mode, fields={"model": arch["label"], "variant": mode}))
     return points

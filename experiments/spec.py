@@ -25,7 +25,7 @@ FIGURES = ("existence", "property", "application")
 PROFILES = ("smoke", "digits", "cifar10")
 SPEC_KEYS = {"figure", "profile", "budget", "flags", "archs", "arch", "ks", "dense", "ablations", "finetune",
              "dense_natural", "dense_adversarial", "rtt", "transfer", "r2s", "slurm", "paper_overlay", "seeds",
-             "convergence", "claims"}
+             "convergence"}
 RESULT_FILES = {"main.py": "results.json", "train_full.py": "results.json"}
 
 
