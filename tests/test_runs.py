@@ -155,3 +155,24 @@ def test_run_folder_rule(tmp_path, stored, now, state, expected):
     where = choose_run_dir(parse_config(base + now), "search")
     assert ("finished" if where.finished else where.name) == expected
     assert where.dir == run_dir_for(old, "search", name=where.name)
+
+
+def test_transfer_rerun_touches_nothing_and_other_settings_go_to_a_sibling(rst, tmp_path):
+    """test_trans.py (the README's transfer command) keeps a finished report: the same command
+    again says so, other settings (here --epsilon) write into ``<name>-2``."""
+    import test_trans as trans_entry
+    tickets = tmp_path / "ckpt"
+    tickets.mkdir()
+    os.symlink(os.path.join(run_dir(rst), "checkpoints", "model_best.pth"), tickets / "cResNet18_0.3.pth")
+    base = ["--set", "Digits", "--n_eval", "8", "--seed", "0", "--workers", "0", "--attack_type", "pgd",
+            "--name", "t", "--log-dir", str(tmp_path / "runs"), "--pretrained", str(tickets / "cResNet18_0.3.pth")]
+    first = trans_entry.main(base)
+    done = os.path.join(str(tmp_path / "runs"), "no_config", "t", "prune_rate=0.3", "transfer")
+    before = snapshot(done)
+    assert "transfer_matrix.json" in before and "already_finished" not in first
+    again = trans_entry.main(base)
+    assert again["already_finished"] is True and snapshot(done) == before
+    other = trans_entry.main(base + ["--epsilon", "4"])
+    assert "already_finished" not in other and snapshot(done) == before
+    sibling = os.path.join(str(tmp_path / "runs"), "no_config", "t-2", "prune_rate=0.3", "transfer")
+    assert os.path.isfile(os.path.join(sibling, "transfer_matrix.json"))

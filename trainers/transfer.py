@@ -21,6 +21,7 @@ AutoAttack) is always measured; with PGD-20 it is the paper matrix's diagonal.
 """
 import argparse
 import logging
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from utils.config import show_progress
 from utils.distributed import DistContext, select_device
 from utils.errors import UserError
 from utils.eval_checks import check_eval_settings
+from utils.run_guard import choose_run_dir
 from utils.provenance import eval_protocol
 from utils.run_dir import Run, setup_logging
 from utils.seed import seed_all
@@ -312,6 +314,15 @@ def run_matrix(cfg, run, tickets, sources, skipped, loader, device):
     return report, details["correct"]
 
 
+def already_finished(where):
+    """A finished test_trans.py run with these settings is there: report it, touch nothing."""
+    name = "r2s.json" if os.path.isfile(os.path.join(where.dir, "r2s.json")) else "transfer_matrix.json"
+    log.info("already finished with these settings: %s (nothing done; --force runs it again into a new "
+             "numbered sibling)", where.dir)
+    with open(os.path.join(where.dir, name)) as fh:
+        return dict(json.load(fh), already_finished=True, run_dir=where.dir)
+
+
 def run_transfer(cfg):
     """test_trans.py: the transfer matrices (the source row, or every row with --all_sources)
     and, with --r2s, the R2S report. Returns the transfer report (with the R2S report
@@ -328,7 +339,12 @@ def run_transfer(cfg):
     if source is not None:  # run directory .../prune_rate=<source k>/transfer
         cfg.prune_rate = tickets[source_index(tickets, source)].prune_rate
     loader = make_loader(subset(data.val, cfg.n_eval), cfg.test_batch_size, False, cfg, seed=cfg.seed or 0)
-    run = Run(cfg, True, task="transfer")
+    where = choose_run_dir(cfg, "transfer", result="r2s.json" if cfg.r2s else "transfer_matrix.json")
+    if where.reason:
+        log.info("run: %s (not %s)", where.dir, where.reason)
+    if where.finished:
+        return already_finished(where)
+    run = Run(cfg, True, task="transfer", name=where.name)
     try:
         report, correct = run_matrix(cfg, run, tickets, sources, skipped, loader, device) if sources else (None, {})
         if cfg.r2s:

@@ -169,7 +169,7 @@ def _evaluation(a):
 
 def _runs(a):
     a(ALL, "--config", default=None, help="YAML preset; its keys are the destination names (prune_rate, ...)")
-    a(TRAIN, "--force", action="store_true",
+    a(ALL, "--force", action="store_true",
       help="run again although a finished run with these settings exists (into a new numbered sibling)")
     a(ALL, "--progress", default="auto", choices=PROGRESS_MODES,
       help="progress bars on stderr: auto (when stderr is a terminal), on, off")

@@ -15,6 +15,8 @@ flag, a folder without settings.txt) sends the run to the first numbered sibling
 --name that is free or holds this same run: ``<name>-2``, ``<name>-3``, ...
 (``runs/<stem>/exp_name-2/prune_rate=0.1/search/``). --name itself keeps naming the
 family: ``ft_*`` tasks without --pretrained take the search run of the name given.
+test_trans.py follows the same rule for its ``transfer`` folder (a finished run there is one
+with its report file; it has no checkpoints, so a same-settings folder is reused).
 """
 import os
 from dataclasses import dataclass
@@ -75,13 +77,14 @@ def _has_files(path):
     return os.path.isdir(path) and any(os.scandir(path))
 
 
-def _verdict(run_dir, cfg):
-    """'free', 'finished', 'reuse' or a reason why ``run_dir`` cannot take this run."""
+def _verdict(run_dir, cfg, result="results.json"):
+    """'free', 'finished', 'reuse' or a reason why ``run_dir`` cannot take this run (``result``: the
+    file a finished run of this kind leaves)."""
     if not _has_files(run_dir):
         return "free"
     diff = settings_diff(run_dir, cfg)
     resuming = bool(cfg.automatic_resume or cfg.resume)
-    finished = os.path.isfile(os.path.join(run_dir, "results.json"))
+    finished = os.path.isfile(os.path.join(run_dir, result))
     started = os.path.isfile(os.path.join(run_dir, "checkpoints", "model_latest.pth"))
     if diff is None:  # no settings.txt (an older version's run): only an explicit resume continues it
         return "reuse" if resuming and started and not finished else "it holds files but no settings.txt"
@@ -94,8 +97,9 @@ def _verdict(run_dir, cfg):
     return "it holds an unfinished run with these settings; add --automatic_resume to continue it there"
 
 
-def choose_run_dir(cfg, task):
-    """The ``Decision`` for a training run of ``task`` (see the module docstring)."""
+def choose_run_dir(cfg, task, result="results.json"):
+    """The ``Decision`` for a run of ``task`` (see the module docstring); ``result`` is the file its
+    finished run leaves (test_trans.py: transfer_matrix.json or r2s.json)."""
     from utils.run_dir import run_dir_for
     base = cfg.name or "default"
     first = run_dir_for(cfg, task)
@@ -103,7 +107,7 @@ def choose_run_dir(cfg, task):
     for n in range(1, MAX_SIBLINGS + 1):
         name = base if n == 1 else f"{base}-{n}"
         path = first if n == 1 else run_dir_for(cfg, task, name=name)
-        verdict = _verdict(path, cfg)
+        verdict = _verdict(path, cfg, result)
         if verdict == "finished" and not getattr(cfg, "force", False):
             return Decision(path, name, finished=True, reason=reason)
         if verdict in ("free", "reuse"):
