@@ -13,11 +13,14 @@ measured on ``examples`` images (sqrt(p(1-p)/n) at the late maximum p) if that i
 larger: an "improvement" inside the selection split's sampling noise is no evidence
 that a run was still learning (at 95% on 287 images one standard error is 1.3 points).
 """
+import csv
 import math
+import sys
 
 from utils.errors import UserError
 
 RULES = ("last_third",)
+TARGET = 0.9    # share of a figure's runs that must meet the rule (the digits profile's promise)
 
 
 def metric_of(entry):
@@ -71,3 +74,48 @@ def describe_rule(rule):
     return (f"converged = the selection metric (PGD-20 accuracy on the selection split) improved by at most "
             f"{tol} during the last third of the epochs (max over validations at epoch >= 2/3 of the epochs "
             "<= max over earlier validations + that tolerance)")
+
+
+def _flag(value):
+    """A per-seed row's ``converged``: a bool in memory, its text in a CSV; None when unknown."""
+    if value in (None, ""):
+        return None
+    return value if isinstance(value, bool) else str(value) == "True"
+
+
+def share(rows):
+    """Distinct runs (per-seed rows keyed by run folder) with a known flag, and how many converged.
+
+    Rows of several figures may name one run (shared runs): it counts once."""
+    runs = {}
+    for r in rows:
+        flag = _flag(r.get("converged"))
+        if r.get("row") == "seed" and flag is not None:
+            seed = r.get("seed")
+            label = f"{r.get('id')}/seed={seed}" if seed not in (None, "") else str(r.get("id"))
+            runs[r.get("run_dir") or label] = (flag, label)
+    done = sum(flag for flag, _ in runs.values())
+    return {"runs": len(runs), "converged": done, "share": done / len(runs) if runs else None,
+            "target": TARGET, "unconverged": sorted(i for flag, i in runs.values() if not flag)}
+
+
+def describe_share(s):
+    if not s["runs"]:
+        return "Convergence: no run has a convergence flag"
+    met = "met" if s["share"] >= s["target"] else "NOT met"
+    text = (f"Convergence: {s['converged']} of {s['runs']} runs ({100 * s['share']:.0f}%) meet the rule "
+            f"(target {100 * s['target']:.0f}%: {met})")
+    return text + (f"; not converged: {', '.join(s['unconverged'])}" if s["unconverged"] else "")
+
+
+def main(paths):
+    """``python -m experiments.convergence CSV...``: the share over the distinct runs of these CSVs."""
+    rows = []
+    for path in paths:
+        with open(path, newline="") as fh:
+            rows += list(csv.DictReader(fh))
+    print(describe_share(share(rows)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -72,3 +72,29 @@ def test_convergence_tolerance_grows_with_sampling_noise():
     noisy = dict(RULE, sigmas=2, examples=287)  # 2 SE at 92.3% on 287 images = 3.1 points
     assert converged(history, 20, noisy) is True
     assert converged(history, 20, dict(noisy, examples=100000)) is False  # a huge split: 1 point again
+
+
+def test_convergence_share_counts_each_run_once():
+    from experiments.convergence import describe_share, share
+    seed = {"row": "seed"}
+    rows = [dict(seed, id="a", run_dir="r/a", converged=True), dict(seed, id="a", run_dir="r/a", converged=True),
+            dict(seed, id="b", run_dir="r/b", converged="False"), dict(seed, id="c", run_dir="r/c", converged=""),
+            {"row": "summary", "id": "a", "converged": "2/3"}]
+    s = share(rows)
+    assert (s["runs"], s["converged"], s["unconverged"]) == (2, 1, ["b"])
+    assert "1 of 2 runs (50%)" in describe_share(s) and "NOT met" in describe_share(s)
+    assert "target 90%: met" in describe_share(share(rows[:2]))
+
+
+def test_convergence_cli_reads_csvs(tmp_path, capsys):
+    from experiments.convergence import main
+    path = tmp_path / "f.csv"
+    path.write_text("row,id,run_dir,converged\nseed,a,r/a,True\nseed,b,r/b,False\nsummary,a,,1/2\n")
+    main([str(path), str(path)])  # the same runs twice: counted once
+    assert "1 of 2 runs (50%)" in capsys.readouterr().out
+
+
+def test_claims_state_convergence(tmp_path):
+    rows_ = [dict(r, run_dir=f"r{i}", converged=i % 2 == 0) for i, r in enumerate(rows({0.1: [0, 1, 0]}))]
+    text = open(claims.write_claims("existence", rows_, str(tmp_path), "header")).read()
+    assert "Convergence: 3 of 6 runs (50%) meet the rule (target 90%: NOT met)" in text
