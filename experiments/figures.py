@@ -135,6 +135,7 @@ def collect(args, spec, fig_dir, all_points):
     out = report.REPORTS[args.figure](spec, all_points, fig_dir)
     for kind in ("csv", "md", "png", "claims"):
         log.info("wrote %s", out[kind])
+    log.info("%s", out["convergence"])
     if args.publish:
         publish(args.figure, fig_dir, args.publish)
     return out

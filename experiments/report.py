@@ -11,7 +11,7 @@ import os
 
 from experiments import claims, collect, draw, paper
 from experiments.collect import curve_ci, mean_ci, md_table, rows_by
-from experiments.convergence import describe_rule
+from experiments.convergence import describe_rule, describe_share, share
 
 ROBUST, NATURAL = "best_robust_acc1", "best_natural_acc1"
 
@@ -47,10 +47,12 @@ def write_outputs(figure, spec, rows, summary, fig_dir, sections, png_writer):
     collect.write_csv(out["csv"], rows + summary)
     head = [("Protocol", protocol(spec)), ("Seeds and convergence",
             f"{len(spec.get('seed_list') or [0])} seed(s) per point; tables show mean ± 95% interval. "
-            f"{describe_rule(spec.get('convergence'))}; 'converged' counts the seeds that did.")]
+            f"{describe_rule(spec.get('convergence'))}; 'converged' counts the seeds that did. "
+            f"{describe_share(share(rows))}.")]
     collect.write_md(out["md"], f"{figure} ({spec['path']})", head + sections)
     png_writer(out["png"])
     out["claims"] = claims.write_claims(figure, rows + summary, fig_dir, caption(spec))
+    out["convergence"] = describe_share(share(rows))
     return out
 
 

@@ -73,6 +73,7 @@ def test_smoke_figure_rows(smoke, figure):
     text = (folder / "claims.md").read_text()
     assert claims and all(c["verdict"] in ("holds", "does not hold", "inconclusive at this scale") for c in claims)
     assert all(f"**{c['verdict']}**" in text and c["id"] in text for c in claims)
+    assert "Convergence: no run has a convergence flag" in text  # 1 epoch: never judged
     for r in rows:
         if r["task"] in ("search", "ft_inherit", "ft_reinit", "train_full"):
             assert 0 <= float(r["natural_acc1"]) <= 100 and r["epochs_done"] == "1"
