@@ -201,7 +201,7 @@ def seed_points(figure, spec, fig_dir, seed, ablations=()):
     else:
         points = application_points(spec, log_dir, ticket_folder(fig_dir, seed))
     for p in points:
-        p.base, p.seed = p.id, seed
+        p.base, p.seed, p.threads = p.id, seed, spec.get("threads")
         p.id = f"{p.id}/seed={seed}"
         p.fields = dict(p.fields, seed=seed)
     return points

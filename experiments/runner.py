@@ -12,7 +12,7 @@ by default in a forked child of this process, which has imported the entry point
 once (saves the interpreter and torch start-up, ~3 s a point), with the script
 executed as ``__main__`` and its output in ``<figure dir>/logs/<point>.log``;
 ``--spawn`` execs a fresh interpreter per point instead. ``--jobs N`` runs up to N
-points of a stage at once, each with cores/N threads (unless OMP_NUM_THREADS is set):
+points of a stage at once, each with the spec's `threads`, else cores/N threads (unless OMP_NUM_THREADS is set):
 small models use one core better than two.
 """
 import json
@@ -178,15 +178,16 @@ def run_stage(todo, logs, progress, spawn, jobs, threads):
 
 
 def run_points(points, fig_dir, prepare=None, spawn=False, jobs=1):
-    """Run every unfinished point, stage by stage (a stage's points may run ``jobs`` at a time)."""
+    """Run every unfinished point, stage by stage (a stage's points may run ``jobs`` at a time), each
+    with the spec's ``threads`` if it sets them, else cores/jobs threads."""
     statuses = [point_status(p) for p in points]  # every settings conflict is found before any run
     todo = sum(s != "done" for s in statuses)
     logs = os.path.join(fig_dir, "logs")
     os.makedirs(logs, exist_ok=True)
     if todo and not spawn:
         preload()
-    threads = None
-    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+    threads = points[0].threads if points else None
+    if threads is None and jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, (os.cpu_count() or 1) // jobs)  # jobs x threads = cores
     progress = Progress(points, todo, jobs)
     for stage in dict.fromkeys(p.stage for p in points):

@@ -73,6 +73,8 @@ def stage_script(name, stage, points, options, log_dir, fig_args, prepare):
     lines = _header(name, options, log_dir, array=len(points), stage=stage) + [""] + setup_lines(options)
     lines += ["set -euo pipefail", f"cd {shlex.quote(options['root'])}", 'PYTHON="${PYTHON:-python}"',
               f"WORKERS=\"${{WORKERS:-${{SLURM_CPUS_PER_TASK:-{options['cpus_per_task']}}}}}\"", ""]
+    if points and points[0].threads:
+        lines.append(f"export OMP_NUM_THREADS={points[0].threads}  # the spec's threads: the numbers depend on it")
     if prepare:
         lines.append(f'"$PYTHON" {shlex.join(fig_args)} --prepare {stage}')
     lines.append('case "$SLURM_ARRAY_TASK_ID" in')

@@ -25,7 +25,7 @@ FIGURES = ("existence", "property", "application")
 PROFILES = ("smoke", "digits", "cifar10")
 SPEC_KEYS = {"figure", "profile", "budget", "flags", "archs", "arch", "ks", "dense", "ablations", "finetune",
              "dense_natural", "dense_adversarial", "rtt", "transfer", "r2s", "slurm", "paper_overlay", "seeds",
-             "convergence"}
+             "convergence", "threads"}
 RESULT_FILES = {"main.py": "results.json", "train_full.py": "results.json"}
 
 
@@ -46,6 +46,9 @@ def load_spec(figure, profile):
             raise UserError(f"unknown key '{key}' in {path}" + (f"; did you mean '{near[0]}'?" if near else ""))
     if spec.get("figure") != figure:
         raise UserError(f"{path}: 'figure' must be '{figure}'")
+    threads = spec.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise UserError(f"{path}: 'threads' must be a whole number >= 1, not {threads!r}")
     spec["path"] = path
     return spec
 
@@ -104,9 +107,13 @@ class Point:
     fields: dict = field(default_factory=dict)
     base: str = None
     seed: int = None
+    threads: int = None
 
     def command(self, python="python"):
-        return shlex.join([python, self.script, *self.argv])
+        """The shell command that reruns the point (``OMP_NUM_THREADS=n`` first when the spec fixes
+        the thread count: CPU float sums depend on it, so the numbers do)."""
+        env = f"OMP_NUM_THREADS={self.threads} " if self.threads else ""
+        return env + shlex.join([python, self.script, *self.argv])
 
     def config(self):
         """The config the entry point will resolve (train_full.py forces k = 1, as it does)."""

@@ -273,6 +273,32 @@ def test_dry_run_lists_every_point():
     assert sum(line.startswith("finetune") for line in lines) == 48
     assert sum("--seed 2 " in line and "seed=2" in line for line in lines) == 22
     assert all("--automatic_resume" in line for line in lines)
+    assert all(" OMP_NUM_THREADS=1 python " in line for line in lines)  # the digits spec's threads: 1
+
+
+def test_spec_threads_fix_commands_runs_and_slurm(tmp_path, monkeypatch):
+    """A spec's ``threads`` prefixes every point's command, sets the runs' threads whatever --jobs
+    says, is exported in the SLURM stage scripts, and must be a whole number >= 1."""
+    from experiments import runner, slurm, spec as spec_mod
+    from experiments.points import figure_points
+    spec = dict(spec_mod.load_spec("application", "smoke"), threads=3)
+    points = figure_points("application", spec, str(tmp_path / "fig"), [])
+    assert all(p.command().startswith("OMP_NUM_THREADS=3 python ") for p in points)
+    seen = []
+    monkeypatch.setattr(runner, "run_stage", lambda todo, logs, progress, spawn, jobs, threads: seen.append(threads))
+    monkeypatch.setattr(runner, "preload", lambda: None)
+    runner.run_points(points, str(tmp_path / "fig"), jobs=2)
+    assert seen and set(seen) == {3}
+    stages = [(s, [p for p in points if p.stage == s]) for s in ("train",)]
+    written, _ = slurm.write_scripts("application", "smoke", str(tmp_path / "w"), stages, spec, set())
+    assert "export OMP_NUM_THREADS=3" in written[0][1]
+    bad = tmp_path / "configs"
+    bad.mkdir()
+    (bad / "existence-smoke.yaml").write_text("figure: existence\nthreads: 0\n")
+    monkeypatch.setattr(spec_mod, "ROOT", str(tmp_path))
+    monkeypatch.setattr(spec_mod, "CONFIG_DIR", "configs")
+    with pytest.raises(UserError, match="'threads' must be a whole number >= 1, not 0"):
+        spec_mod.load_spec("existence", "smoke")
 
 
 def test_collect_only_publishes(smoke, tmp_path):
