@@ -12,8 +12,8 @@ by default in a forked child of this process, which has imported the entry point
 once (saves the interpreter and torch start-up, ~3 s a point), with the script
 executed as ``__main__`` and its output in ``<figure dir>/logs/<point>.log``;
 ``--spawn`` execs a fresh interpreter per point instead. ``--jobs N`` runs up to N
-points of a stage at once, each with the spec's `threads`, else cores/N threads (unless OMP_NUM_THREADS is set):
-small models use one core better than two.
+points of a stage at once, each with the spec's ``threads`` if it fixes them, else
+cores/N threads (unless OMP_NUM_THREADS is set): small models use one core better than two.
 """
 import json
 import logging
