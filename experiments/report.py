@@ -45,14 +45,14 @@ def write_outputs(figure, spec, rows, summary, fig_dir, sections, png_writer):
     out = {"csv": os.path.join(fig_dir, f"{figure}.csv"), "md": os.path.join(fig_dir, f"{figure}.md"),
            "png": os.path.join(fig_dir, f"{figure}.png")}
     collect.write_csv(out["csv"], rows + summary)
+    out["convergence"] = describe_share(share(rows))
     head = [("Protocol", protocol(spec)), ("Seeds and convergence",
             f"{len(spec.get('seed_list') or [0])} seed(s) per point; tables show mean ± 95% interval. "
             f"{describe_rule(spec.get('convergence'))}; 'converged' counts the seeds that did. "
-            f"{describe_share(share(rows))}.")]
+            f"{out['convergence']}.")]
     collect.write_md(out["md"], f"{figure} ({spec['path']})", head + sections)
     png_writer(out["png"])
     out["claims"] = claims.write_claims(figure, rows + summary, fig_dir, caption(spec))
-    out["convergence"] = describe_share(share(rows))
     return out
 
 
