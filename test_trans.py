@@ -26,14 +26,14 @@ from utils.errors import cli_main
 
 def main(argv=None):
     cfg = parse_config(argv, prog="test_trans.py")
-    from trainers import transfer_files
-    from trainers.transfer import run_transfer
+    from evaluation import transfer_files
+    from evaluation.transfer import run_transfer
     out = run_transfer(cfg)
     if "matrices" in out:
         lines = transfer_files.original_lines(out, cfg.pretrained) + transfer_files.protocol_lines(out)
         sys.stdout.write("".join(line + "\n" for line in lines))
     if cfg.r2s:
-        from trainers.r2s_eval import summary_line
+        from evaluation.r2s_eval import summary_line
         sys.stdout.write(summary_line(out.get("r2s", out)) + "\n")
     sys.stdout.write(json.dumps(out, sort_keys=True, default=str) + "\n")  # last: the report, for scripts
     return out

@@ -1,7 +1,7 @@
 """Attacks on randomised models (R2S: one member drawn per forward pass), in [0, 1] pixel space.
 
 Pure functions ``(model, x, y, epsilon, ...) -> x_adv``, registered in
-``RANDOMIZED_ATTACKS`` (``trainers.r2s_eval`` runs every one of them). A model with a
+``RANDOMIZED_ATTACKS`` (``evaluation.r2s_eval`` runs every one of them). A model with a
 finite, known member set exposes ``num_members`` and ``member(j)`` (a deterministic
 view of member j; the switch is uniform), as ``models.r2s.R2S`` does; the attacks then
 use the members exactly instead of sampling the switch:
@@ -20,7 +20,7 @@ use the members exactly instead of sampling the switch:
   member is drawn; no early stop, see ``attacks.pgd.pgd20``).
 
 AutoAttack's ``rand`` version lives in ``attacks.autoattack`` (which imports this module,
-never the other way round); ``trainers.r2s_eval`` adds it with ``--eval_attack autoattack``.
+never the other way round); ``evaluation.r2s_eval`` adds it with ``--eval_attack autoattack``.
 
 EOT- and ensemble-PGD return, per example, the iterate (random start and last step
 included) with the lowest exact expected accuracy, ties broken by the highest mean

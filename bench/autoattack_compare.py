@@ -37,8 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks.autoattack import _isolated, autoattack, autoattack_rand, build_reference, num_classes  # noqa: E402
 from attacks.randomized import expected_correct  # noqa: E402
 from data import build_dataset, make_loader, subset  # noqa: E402
-from trainers import r2s_eval  # noqa: E402
-from trainers.transfer import load_tickets  # noqa: E402
+from evaluation import r2s_eval  # noqa: E402
+from evaluation.transfer import load_tickets  # noqa: E402
 from utils.config import parse_config  # noqa: E402
 
 

@@ -41,7 +41,7 @@ def measure_arch(arch, args, device):
 
     from attacks.pgd import pgd
     from models import build_model
-    from trainers.evaluate import autocast
+    from evaluation.evaluate import autocast
     from trainers.tasks import set_trainable
     from utils.config import parse_config
 

@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks.pgd import pgd20  # noqa: E402
 from data import build_dataset, make_loader, subset  # noqa: E402
 from models import build_model  # noqa: E402
-from trainers.evaluate import evaluate  # noqa: E402
+from evaluation.evaluate import evaluate  # noqa: E402
 from trainers.optim import build_criterion, build_optimizer  # noqa: E402
 from trainers.tasks import set_trainable  # noqa: E402
 from trainers.train import train_epoch  # noqa: E402

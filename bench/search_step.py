@@ -62,7 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models import build_model  # noqa: E402
 from models.conv_type import SubnetConv  # noqa: E402
-from trainers.evaluate import autocast  # noqa: E402
+from evaluation.evaluate import autocast  # noqa: E402
 from trainers.loop import compile_model  # noqa: E402
 from trainers.tasks import set_trainable  # noqa: E402
 from attacks.pgd import pgd, project, random_start  # noqa: E402

@@ -10,7 +10,7 @@ tickets and images (natural accuracy, one forward per ticket, is in every one):
 * ``two attacks``: each source's PGD-20 with early stop (``pgd20``) and without
   (``pgd_transfer``) run once per batch and reused by every target (2N attacks);
 * ``one trajectory``: what test_trans.py does: one trajectory per source and batch
-  gives both protocols' examples (``trainers.transfer.paper_and_strong``, N attacks).
+  gives both protocols' examples (``evaluation.transfer.paper_and_strong``, N attacks).
 
 Repetitions are interleaved; prints the median per way and the ratios against ``one trajectory``.
 """
@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from attacks.pgd import pgd20, pgd_transfer  # noqa: E402
 from data import build_dataset, make_loader, subset  # noqa: E402
-from trainers.transfer import load_tickets, paper_and_strong  # noqa: E402
+from evaluation.transfer import load_tickets, paper_and_strong  # noqa: E402
 from utils.config import parse_config  # noqa: E402
 
 

@@ -70,7 +70,7 @@ def preload():
     import train_full  # noqa: F401
     import test_trans  # noqa: F401
     import trainers.loop  # noqa: F401
-    import trainers.transfer  # noqa: F401
+    import evaluation.transfer  # noqa: F401
 
 
 def _child(point, log_path, spawn, threads):

@@ -26,7 +26,7 @@ def preload():
     import trainers.loop  # noqa: F401
     if os.path.exists("test_trans.py"):
         import test_trans  # noqa: F401
-        import trainers.transfer  # noqa: F401
+        import evaluation.transfer  # noqa: F401
     import sklearn.datasets  # noqa: F401  (Digits)
 
 

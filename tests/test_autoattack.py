@@ -14,7 +14,7 @@ from attacks import autoattack as aa
 from attacks import pgd as attacks_pgd
 from attacks.autoattack import AutoAttackEval, autoattack, autoattack_rand
 from attacks.pgd import pgd20
-from trainers.evaluate import EVAL_ATTACKS
+from evaluation.evaluate import EVAL_ATTACKS
 from utils.config import parse_config
 from utils.errors import cli_main
 

@@ -19,7 +19,7 @@ import torch
 from data import build_dataset, make_loader, subset
 from models import build_model
 from tests.helpers import ROOT
-from trainers.evaluate import evaluate
+from evaluation.evaluate import evaluate
 from utils.checkpoint import load_checkpoint
 from utils.config import parse_config
 

@@ -5,7 +5,7 @@ The seeded cResNet18 preset (k = 0.1, search freezing, fresh BatchNorm statistic
 from the CLI's path (``trainers.loop.prepare``); the labels are its own clean eval-mode
 predictions on ``inputs32``; ``torch.manual_seed(123)`` precedes the attack, whose random
 start is drawn per channel as the original's. The attack is the one validation uses
-(``EVAL_ATTACKS['pgd']``), run through ``trainers.evaluate.evaluate``. Each attack forward
+(``EVAL_ATTACKS['pgd']``), run through ``evaluation.evaluate.evaluate``. Each attack forward
 is recorded (``attacks.pgd.input_gradient``): ours runs on the still-correct examples only
 (compacted), so per-example correctness is mapped back through the active set.
 """
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import attacks.pgd as pgd_module
-from trainers.evaluate import EVAL_ATTACKS, evaluate
+from evaluation.evaluate import EVAL_ATTACKS, evaluate
 from tests.test_golden_steps import GOLDEN, normalised, pixel_std
 from tests.golden_steps2_run import build
 

@@ -27,7 +27,8 @@ from torch.utils.data import TensorDataset
 from data.core import DataBundle, DatasetInfo
 from data.datasets import CIFAR_MEAN, CIFAR_STD
 from models import masked_layers
-from trainers import loop, validation
+from evaluation import validation
+from trainers import loop
 from trainers.train import TRAINERS
 from utils.config import parse_config
 from utils.checkpoint import load_checkpoint

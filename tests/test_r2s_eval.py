@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from attacks.randomized import eot_gradient
 from tests.test_r2s import FLAGS, KS, digits, make_ticket, r2s_of
-from trainers import r2s_eval
-from trainers.evaluate import evaluate
+from evaluation import r2s_eval
+from evaluation.evaluate import evaluate
 from utils.config import parse_config
 
 CPU = torch.device("cpu")

@@ -15,7 +15,7 @@ from data import build_dataset, subset
 from data.holdout import labels_of, split_holdout, stratified_indices
 from models import build_model
 from tests.helpers import ROOT
-from trainers.evaluate import attack_settings
+from evaluation.evaluate import attack_settings
 from utils.checkpoint import extract_state_dict, load_checkpoint
 from utils.config import parse_config
 from utils.errors import UserError

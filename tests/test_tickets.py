@@ -133,7 +133,7 @@ def test_cli_export_of_a_run_directory_and_errors(tmp_path, capsys):
 
 def test_test_trans_loads_a_ticket_file_like_its_checkpoint(tmp_path):
     from types import SimpleNamespace
-    from trainers.transfer import load_ticket
+    from evaluation.transfer import load_ticket
     _, model = save_checkpoint(tmp_path / "ckpt.pth", "--init", "signed_constant", "--conv_type", "SubnetConv_row")
     export(str(tmp_path / "ckpt.pth"), str(tmp_path / "net_0.3.pth"))
     cfg = tiny_cfg()

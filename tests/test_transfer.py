@@ -14,8 +14,8 @@ from attacks.pgd import pgd20, pgd_transfer
 from data import build_dataset, make_loader, subset
 from tests.helpers import run_cli
 from tests.test_r2s import FLAGS, digits, make_ticket, save_ticket, shared_network, ticket_of
-from trainers.evaluate import EVAL_ATTACKS, evaluate
-from trainers.transfer import (compute_transfer, k_from_name, kept_fraction, load_tickets, paper_and_strong,
+from evaluation.evaluate import EVAL_ATTACKS, evaluate
+from evaluation.transfer import (compute_transfer, k_from_name, kept_fraction, load_tickets, paper_and_strong,
                                source_rows, transfer_sources)
 from utils.config import parse_config
 from utils.errors import cli_main
@@ -160,7 +160,7 @@ def test_strong_transfer_accuracy_is_below_paper_where_early_stop_matters(early_
 
 def test_strong_is_never_above_paper_even_when_the_highest_loss_iterate_is_weaker(early_stop_fixture, monkeypatch):
     """A highest-loss candidate that fools nothing (the clean image) cannot lift strong above paper."""
-    from trainers import transfer_examples
+    from evaluation import transfer_examples
     models, x, y = early_stop_fixture
     real = transfer_examples.paper_and_strong
     weak = lambda source, xb, yb, eps: (real(source, xb, yb, eps)[0], xb)  # noqa: E731

@@ -1,1 +1,1 @@
-"""Training loops, tasks, LR policies and evaluation."""
+"""Training loops, tasks, LR policies and ticket export (evaluation lives in ``evaluation``)."""

@@ -1,7 +1,7 @@
 """Wiring: config -> data, model, task, optimiser -> the epoch loop -> results.
 
-Where the parts live: the batch loops in ``trainers.train`` / ``trainers.evaluate``;
-validation, results.json and ``-e`` in ``trainers.validation``; checkpoints, resume
+Where the parts live: the batch loops in ``trainers.train`` / ``evaluation.evaluate``;
+validation, results.json and ``-e`` in ``evaluation.validation``; checkpoints, resume
 and SIGTERM/Ctrl-C in ``trainers.resume``; which folder a run may use in
 ``utils.run_guard``. This module connects them (and re-exports their public names).
 Only rank 0 writes files.
@@ -17,9 +17,10 @@ import torch
 from data import build_dataset, make_loader
 from data.holdout import split_holdout
 from models import build_model, masked_layers
-from trainers import lottery, pruning, selection, ss  # noqa: F401  (lottery, ss: register --trainer lottery / ss)
+from evaluation import selection
+from trainers import lottery, pruning, ss  # noqa: F401  (lottery, ss: register --trainer lottery / ss)
 from trainers.checkpoint_config import apply_checkpoint_structure
-from trainers.evaluate import EVAL_ATTACKS
+from evaluation.evaluate import EVAL_ATTACKS
 from trainers.optim import build_criterion, build_optimizer, check_optimizer
 from trainers.resume import (StopFlag, agreed_stop, checkpoint_dict, load_resume, resume_path,  # noqa: F401
                              save, save_initial, try_resume)
@@ -27,7 +28,7 @@ from trainers.schedulers import LR_POLICIES, apply_free_imagenet, get_policy
 from trainers.state import should_validate
 from trainers.tasks import set_trainable, setup_task
 from trainers.train import TRAINERS
-from trainers.validation import (evaluate_only, measure, reevaluate_if_changed, results_dict,  # noqa: F401
+from evaluation.validation import (evaluate_only, measure, reevaluate_if_changed, results_dict,  # noqa: F401
                                  validate, validate_and_select)
 from utils.checkpoint import remove_stale_temporaries
 from utils.config import show_progress

@@ -11,7 +11,7 @@ import signal
 from models import masked_layers
 from trainers import pruning
 from trainers.state import TrainState, same_data_order
-from trainers.train import unwrap
+from utils.distributed import unwrap
 from utils.checkpoint import (atomic_save, check_arch, extract_state_dict, load_checkpoint, load_model_state,
                               original_optimizer_state)
 from utils.distributed import all_reduce_sum, barrier

@@ -29,7 +29,7 @@ class TrainState:
     train_seconds: float = 0.0
     history: list = field(default_factory=list)
     best_epoch: int = None              # 0-based epoch of model_best.pth
-    test_at_best: dict = None           # test-split {natural_acc1, robust_acc1} of that epoch (trainers.selection)
+    test_at_best: dict = None           # test-split {natural_acc1, robust_acc1} of that epoch (evaluation.selection)
     last_test: dict = None              # the same for the last epoch
 
     def record(self, epoch, train, natural, robust):

@@ -14,11 +14,11 @@ import torch
 from tqdm import tqdm
 
 from trainers import pruning
-from trainers.evaluate import autocast, to_input
-from trainers.metrics import Meter
+from evaluation.evaluate import autocast, to_input
+from evaluation.metrics import Meter
 from trainers.tasks import edit_ft_full_grads
 from attacks.pgd import fgsm, fgsm_rs, pgd, project
-from utils.distributed import DistContext, all_reduce_sum
+from utils.distributed import DistContext, all_reduce_sum, unwrap
 from utils.errors import UserError
 from utils.registry import Registry
 
@@ -45,10 +45,6 @@ def make_train_attack(cfg, criterion=None):
     if cfg.attack_type == "fgsm-rs":
         return functools.partial(fgsm_rs, epsilon=eps)
     return None
-
-
-def unwrap(model):
-    return model.module if hasattr(model, "module") else model
 
 
 def _backward_step(loss, optimizer, scaler, edit_grads=None):

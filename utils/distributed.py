@@ -118,3 +118,8 @@ def broadcast_object(ctx, obj, src=0):
     box = [obj]
     dist.broadcast_object_list(box, src)
     return box[0]
+
+
+def unwrap(model):
+    """The model inside a DDP/DataParallel wrapper (the model itself when unwrapped)."""
+    return model.module if hasattr(model, "module") else model

@@ -6,7 +6,7 @@ the radius, the attack and what it ran (``settings``: steps, step size, restarts
 early-stop rule actually applied, the AutoAttack implementation and version, ...),
 the number of examples, the EOT samples and passes, the model-selection split, the
 seed and amp. This module knows no attack: the caller passes the settings it read off
-the attack that ran (``trainers.evaluate.attack_settings``, an AutoAttack run's
+the attack that ran (``evaluation.evaluate.attack_settings``, an AutoAttack run's
 ``protocol()``), so nothing here imports ``attacks``. ``extra`` adds or overrides
 fields. ``protocol_changes`` compares the protocol of an earlier run (its stored
 config) with this one's, so a resumed or finished run re-evaluates instead of copying
@@ -49,7 +49,7 @@ def eval_protocol(cfg, attack=None, settings=None, **extra):
 def main_protocol(cfg, settings=None):
     """What a main.py / train_full.py validation computes: PGD-20 (or AutoAttack) only with an
     --attack_type, on --n_eval examples; no EOT, no passes (single models). ``settings``:
-    what the attack runs (``trainers.evaluate.attack_settings``)."""
+    what the attack runs (``evaluation.evaluate.attack_settings``)."""
     attack = getattr(cfg, "eval_attack", "pgd") if getattr(cfg, "attack_type", None) else False
     return eval_protocol(cfg, attack=attack, settings=settings, eot_samples=None, eot_steps=None, passes=None)
 

@@ -13,7 +13,7 @@ misclassifies it (so it sits just past the source's boundary and transfers poorl
 and ``strong``, per target and example the worse of that early-stopped iterate and
 the iterate with the highest source loss (every example moving for all 20 steps), so
 strong <= paper in every cell. Both come from one trajectory per source and batch
-(``trainers.transfer_examples``), generated once on the evaluation set (``--n_eval``
+(``evaluation.transfer_examples``), generated once on the evaluation set (``--n_eval``
 examples, random starts seeded by ``--seed``) and evaluated by every target; R2S's
 transfer rows are scored from the same examples.
 Every ticket's own robust accuracy (white-box ``--eval_attack``: PGD-20, or
@@ -32,10 +32,10 @@ from tqdm import tqdm
 from data import build_dataset, make_loader, subset
 from models import build_model, masked_layers
 from models.r2s import STRUCTURE_KEYS
-from trainers import r2s_eval, transfer_files
-from trainers.transfer_examples import (accuracy_row, paper_and_strong, protocol_correctness,  # noqa: F401
+from evaluation import r2s_eval, transfer_files
+from evaluation.transfer_examples import (accuracy_row, paper_and_strong, protocol_correctness,  # noqa: F401
                                         source_correctness)
-from trainers.evaluate import EVAL_ATTACKS, evaluate
+from evaluation.evaluate import EVAL_ATTACKS, evaluate
 from utils.checkpoint import atomic_save, check_arch, extract_state_dict, load_checkpoint, load_model_state
 from utils.config import show_progress
 from utils.distributed import DistContext, select_device
@@ -201,7 +201,7 @@ def transfer_accuracy(source, targets, loader, device, attack, seed, progress=Fa
 
 def source_rows(source, targets, loader, device, epsilon, seed, progress=False, desc="transfer"):
     """{protocol: accuracy (%) of each target} on ``source``'s transfer examples, and the
-    per-example correctness they come from (see ``trainers.transfer_examples``)."""
+    per-example correctness they come from (see ``evaluation.transfer_examples``)."""
     correct = source_correctness(source, targets, loader, device, epsilon, seed, progress=progress, desc=desc)
     return {p: accuracy_row(c) for p, c in protocol_correctness(correct).items()}, correct
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from trainers.metrics import Meter
+from evaluation.metrics import Meter
 from attacks.pgd import pgd20, pgd_transfer
 from utils.distributed import DistContext, all_reduce_sum
 from utils.provenance import NO_SETTINGS
@@ -57,7 +57,7 @@ def attack_settings(attack, cfg):
                 "early_stop": not random_model,
                 "early_stop_rule": "none (randomised model: one forward pass says little)" if random_model else
                 "per example: an example stops moving once the model misclassifies it"}
-    if attack == "pgd_transfer":  # trainers.transfer_examples: both candidates of one trajectory
+    if attack == "pgd_transfer":  # evaluation.transfer_examples: both candidates of one trajectory
         d = _defaults(pgd_transfer)
         return {"steps": d["iters"], "step_size": round(d["step"] * 255, 6), "restarts": 1, "early_stop": False,
                 "early_stop_rule": "none on the highest-loss candidate; the paper candidate is the early-stopped "

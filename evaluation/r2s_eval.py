@@ -9,7 +9,7 @@ On the evaluation set (``--n_eval`` examples):
 
 * natural accuracy (each member's, and the switch's: their mean);
 * transfer from each member j (the paper's setting), from the examples of
-  ``trainers.transfer_examples`` (the transfer matrix's own: one PGD-20 trajectory per
+  ``evaluation.transfer_examples`` (the transfer matrix's own: one PGD-20 trajectory per
   source and batch, random starts seeded once per source): ``transfer_paper`` scores
   the early-stopped iterate (which also gives member j's own white-box robust
   accuracy), ``transfer_strong`` per example the worse (lower expected accuracy) of the
@@ -42,7 +42,7 @@ from tqdm import tqdm
 from attacks.autoattack import AutoAttackEval
 from attacks.randomized import RANDOMIZED_ATTACKS, expected_correct, member_logits
 from models.r2s import STRUCTURE_KEYS, R2S, build_r2s
-from trainers import transfer_examples
+from evaluation import transfer_examples
 from utils.config import show_progress
 
 log = logging.getLogger("rst")
@@ -52,7 +52,7 @@ SELECTION = "per example the iterate with the lowest exact expected accuracy, th
 
 
 def r2s_from_tickets(tickets, info, seed=0):
-    """Build the R2S model of ``trainers.transfer.Ticket`` objects (one random network)."""
+    """Build the R2S model of ``evaluation.transfer.Ticket`` objects (one random network)."""
     config = {k: getattr(tickets[0].config, k) for k in STRUCTURE_KEYS if hasattr(tickets[0].config, k)}
     data_info = {"num_classes": int(tickets[0].config.num_classes or info.num_classes),
                  "in_channels": info.in_channels, "image_size": info.image_size,
@@ -143,7 +143,7 @@ class Tally:
 
 def transfer_worst(transfer, tally):
     """Both transfer protocols from every member, from per-example correctness ``transfer[j]``
-    ({candidate: bool [members, examples]}, see ``trainers.transfer_examples``), into
+    ({candidate: bool [members, examples]}, see ``evaluation.transfer_examples``), into
     ``tally``; returns per example the minimum expected correctness over sources and protocols."""
     worst = None
     for j, correct in enumerate(transfer):
@@ -183,7 +183,7 @@ def _evaluate_batch(r2s, views, x, y, transfer_ok, attacks, tally, bar=None):
 
 def member_transfer(views, loader, device, cfg, seed):
     """Per-example transfer correctness from every member on every member (the transfer
-    matrix's computation, ``trainers.transfer_examples.source_correctness``)."""
+    matrix's computation, ``evaluation.transfer_examples.source_correctness``)."""
     return [transfer_examples.source_correctness(v, views, loader, device, cfg.epsilon / 255, seed,
                                                  examples=TRANSFER_EXAMPLES) for v in views]
 
@@ -196,7 +196,7 @@ def evaluate_r2s(r2s: R2S, loader, device, cfg, seed=0, attacks=None, transfer=N
 
     ``attacks``: name -> attack through the switch (default ``adaptive_attacks(cfg, seed)``).
     ``transfer``: per member the per-example transfer correctness the transfer matrix
-    computed (``trainers.transfer_examples.source_correctness`` on the same loader);
+    computed (``evaluation.transfer_examples.source_correctness`` on the same loader);
     computed here the same way when not given.
     """
     attacks = adaptive_attacks(cfg, seed) if attacks is None else attacks

@@ -1,5 +1,5 @@
 """Transfer examples from a source ticket and which targets they fool: the one place both the
-transfer matrix (``trainers.transfer``) and R2S's transfer rows (``trainers.r2s_eval``) get
+transfer matrix (``evaluation.transfer``) and R2S's transfer rows (``evaluation.r2s_eval``) get
 them from, so the two report the same examples.
 
 One PGD-20 trajectory per source and batch (step 2/255, one random start; the starts come

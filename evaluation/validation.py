@@ -7,9 +7,9 @@ import logging
 import os
 
 from data import make_loader, subset
-from trainers import selection
-from trainers.evaluate import EVAL_ATTACKS, attack_settings, evaluate
-from trainers.train import unwrap
+from evaluation import selection
+from evaluation.evaluate import EVAL_ATTACKS, attack_settings, evaluate
+from utils.distributed import unwrap
 from utils.config import show_progress
 from utils.distributed import broadcast_buffers
 from utils.provenance import main_protocol, protocol_changes
@@ -39,7 +39,7 @@ def validate(cfg, ctx, device, data, model, progress=False, dataset=None):
 
 
 def results_dict(cfg, run, state, epochs_done):
-    """results.json: accuracies of the last epoch and of the selected one (see trainers.selection)
+    """results.json: accuracies of the last epoch and of the selected one (see evaluation.selection)
     and the protocol that measured them."""
     out = {"task": run.task, "arch": cfg.arch, "set": cfg.set, "prune_rate": cfg.prune_rate,
            "epochs_done": epochs_done, "seed": cfg.seed}

@@ -6,7 +6,7 @@ are written side by side, each with its protocol record (utils.provenance).
 import csv
 import os
 
-from trainers.evaluate import attack_settings
+from evaluation.evaluate import attack_settings
 from utils.provenance import eval_protocol
 
 PROTOCOL_TITLES = {"strong": "strong: PGD-20, per target the worse of the early-stopped and highest-source-loss "
