@@ -22,9 +22,19 @@ EVAL_ATTACKS = Registry("evaluation attack")
 
 @EVAL_ATTACKS.register("pgd")
 def pgd20_attack(cfg):
-    """PGD-20, step 2/255, one restart, per-example early stop on the still-active examples
-    only (no early stop on a randomised model; see ``attacks.pgd.pgd20``)."""
-    return functools.partial(pgd20, epsilon=cfg.epsilon / 255)
+    """PGD-20, step ``--eval_step`` (2/255 by default), one restart, per-example early stop on the
+    still-active examples only (no early stop on a randomised model; see ``attacks.pgd.pgd20``)."""
+    return functools.partial(pgd20, epsilon=cfg.epsilon / 255, step=eval_step(cfg))
+
+
+def eval_step(cfg):
+    """The evaluation PGD step in [0, 1] units (``--eval_step`` is in 0-255 units)."""
+    return float(getattr(cfg, "eval_step", 2) or 2) / 255
+
+
+def _bound(partial):
+    """The arguments a ``functools.partial`` of an attack runs with: its defaults, then its keywords."""
+    return dict(_defaults(partial.func), **partial.keywords)
 
 
 @EVAL_ATTACKS.register("autoattack")
@@ -51,14 +61,14 @@ def attack_settings(attack, cfg):
     the early-stop rule applied), read off the attack functions' own defaults and, for
     AutoAttack, off the reference's objects; for ``utils.provenance.eval_protocol``."""
     random_model = randomized_config(cfg)
-    if attack == "pgd":  # attacks.pgd.pgd20
-        d = _defaults(pgd20)
+    if attack == "pgd":  # attacks.pgd.pgd20, as pgd20_attack binds it
+        d = _bound(pgd20_attack(cfg))
         return {"steps": d["iters"], "step_size": round(d["step"] * 255, 6), "restarts": d["restarts"],
                 "early_stop": not random_model,
                 "early_stop_rule": "none (randomised model: one forward pass says little)" if random_model else
                 "per example: an example stops moving once the model misclassifies it"}
     if attack == "pgd_transfer":  # evaluation.transfer_examples: both candidates of one trajectory
-        d = _defaults(pgd_transfer)
+        d = _bound(transfer_attack(cfg))
         return {"steps": d["iters"], "step_size": round(d["step"] * 255, 6), "restarts": 1, "early_stop": False,
                 "early_stop_rule": "none on the highest-loss candidate; the paper candidate is the early-stopped "
                                    "iterate",
@@ -72,6 +82,11 @@ def attack_settings(attack, cfg):
                 "early_stop_rule": ran["early_stop_rule"], "implementation": ran["implementation"],
                 "version": ran["version"], "autoattack": ran}
     return dict(NO_SETTINGS)
+
+
+def transfer_attack(cfg):
+    """The highest-loss transfer iterate's PGD (``attacks.pgd.pgd_transfer``) at ``--eval_step``."""
+    return functools.partial(pgd_transfer, epsilon=cfg.epsilon / 255, step=eval_step(cfg))
 
 
 def autocast(amp, device):

@@ -43,10 +43,10 @@ from attacks.autoattack import AutoAttackEval
 from attacks.randomized import RANDOMIZED_ATTACKS, expected_correct, member_logits
 from models.r2s import STRUCTURE_KEYS, R2S, build_r2s
 from evaluation import transfer_examples
+from evaluation.evaluate import eval_step
 from utils.config import show_progress
 
 log = logging.getLogger("rst")
-STEP = 2 / 255  # [0, 1] units: every PGD-type attack here, and ARC's local step
 TRANSFER = ("transfer_paper", "transfer_strong")
 SELECTION = "per example the iterate with the lowest exact expected accuracy, then the highest mean cross-entropy"
 
@@ -64,11 +64,11 @@ def r2s_from_tickets(tickets, info, seed=0):
 def adaptive_attacks(cfg, seed=0):
     """name -> ``attack(model, x, y) -> x_adv`` for every attack through the switch (in order).
     AutoAttack's call i (batch-major, pass-minor) uses seed ``seed + i``."""
-    eps = cfg.epsilon / 255
-    settings = {"switch_pgd20": {},
-                "eot_pgd": {"step": STEP, "iters": int(cfg.eot_steps), "samples": int(cfg.eot_samples)},
-                "ensemble_pgd": {"step": STEP, "iters": int(cfg.eot_steps)},
-                "arc": {"step": STEP, "iters": int(cfg.eot_steps)}}
+    eps, step = cfg.epsilon / 255, eval_step(cfg)  # every PGD-type attack here, and ARC's local step
+    settings = {"switch_pgd20": {"step": step},
+                "eot_pgd": {"step": step, "iters": int(cfg.eot_steps), "samples": int(cfg.eot_samples)},
+                "ensemble_pgd": {"step": step, "iters": int(cfg.eot_steps)},
+                "arc": {"step": step, "iters": int(cfg.eot_steps)}}
     out = {name: functools.partial(RANDOMIZED_ATTACKS.get(name), epsilon=eps, **kw) for name, kw in settings.items()}
     if cfg.eval_attack == "autoattack":
         out["autoattack_rand"] = AutoAttackEval(eps, getattr(cfg, "aa_version", "standard"), int(seed),
@@ -79,30 +79,30 @@ def adaptive_attacks(cfg, seed=0):
 def protocol(name, cfg, members, passes, n_eval, seed, ran=None):
     """What was run for the result ``name`` (epsilon and step sizes in 0-255 pixel units);
     ``ran``: settings the attack recorded while running (AutoAttack), merged last."""
-    steps, exact = int(cfg.eot_steps), members <= int(cfg.eot_samples)
+    steps, exact, step = int(cfg.eot_steps), members <= int(cfg.eot_samples), float(getattr(cfg, "eval_step", 2))
     none = "none: every example takes every step"
     table = {
         "transfer_paper": dict(attack="PGD-20 on each member (source), scored on the switch", steps=20,
-                               step_size=2.0, early_stop=True, eot_samples=None, passes=1,
+                               step_size=step, early_stop=True, eot_samples=None, passes=1,
                                early_stop_rule="per example, on the source: stops once the source misclassifies it",
                                selection="first misclassifying iterate on the source (the paper's protocol)"),
         "transfer_strong": dict(attack="PGD-20 on each member (source), scored on the switch", steps=20,
-                                step_size=2.0, early_stop=False, eot_samples=None, passes=1,
+                                step_size=step, early_stop=False, eot_samples=None, passes=1,
                                 early_stop_rule="none for the highest-loss candidate (the paper candidate is the "
                                                 "early-stopped one)",
                                 selection="per example the worse (lower expected accuracy) of the early-stopped and "
                                           "the highest-source-loss iterates of one trajectory"),
         "switch_pgd20": dict(attack="PGD-20 through the random switch (one member drawn per step)", steps=20,
-                             step_size=2.0, early_stop=False, early_stop_rule=none, eot_samples=1,
+                             step_size=step, early_stop=False, early_stop_rule=none, eot_samples=1,
                              selection="last iterate"),
         "eot_pgd": dict(attack="EOT-PGD on the expected cross-entropy over the switch", steps=steps,
-                        step_size=2.0, early_stop=False, early_stop_rule=none,
+                        step_size=step, early_stop=False, early_stop_rule=none,
                         eot_samples=members if exact else int(cfg.eot_samples), eot_exact=exact, selection=SELECTION),
         "ensemble_pgd": dict(attack="PGD on the cross-entropy of the members' mean softmax", steps=steps,
-                             step_size=2.0, early_stop=False, early_stop_rule=none, eot_samples=members,
+                             step_size=step, early_stop=False, early_stop_rule=none, eot_samples=members,
                              eot_exact=True, selection=SELECTION),
         "arc": dict(attack="ARC (Dbouk & Shanbhag 2022), L-inf, all members, uniform switch", steps=steps,
-                    step_size=2.0, rho=0.05 * cfg.epsilon, early_stop=False,
+                    step_size=step, rho=0.05 * cfg.epsilon, early_stop=False,
                     early_stop_rule="an example every member misclassifies stops (its expected accuracy is 0)",
                     eot_samples=members, eot_exact=True,
                     selection="accepted point, compared against its random start (expected accuracy never rises)"),
@@ -185,10 +185,10 @@ def member_transfer(views, loader, device, cfg, seed):
     """Per-example transfer correctness from every member on every member (the transfer
     matrix's computation, ``evaluation.transfer_examples.source_correctness``)."""
     return [transfer_examples.source_correctness(v, views, loader, device, cfg.epsilon / 255, seed,
-                                                 examples=TRANSFER_EXAMPLES) for v in views]
+                                                 examples=TRANSFER_EXAMPLES, step=eval_step(cfg)) for v in views]
 
 
-TRANSFER_EXAMPLES = transfer_examples.paper_and_strong  # (source, x, y, eps) -> (paper, highest-loss)
+TRANSFER_EXAMPLES = transfer_examples.paper_and_strong  # (source, x, y, eps, step=) -> (paper, highest-loss)
 
 
 def evaluate_r2s(r2s: R2S, loader, device, cfg, seed=0, attacks=None, transfer=None):

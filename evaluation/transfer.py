@@ -34,8 +34,8 @@ from models import build_model, masked_layers
 from models.r2s import STRUCTURE_KEYS
 from evaluation import r2s_eval, transfer_files
 from evaluation.transfer_examples import (accuracy_row, paper_and_strong, protocol_correctness,  # noqa: F401
-                                        source_correctness)
-from evaluation.evaluate import EVAL_ATTACKS, evaluate
+                                        source_correctness, PGD_STEP)
+from evaluation.evaluate import EVAL_ATTACKS, eval_step, evaluate
 from utils.checkpoint import atomic_save, check_arch, extract_state_dict, load_checkpoint, load_model_state
 from utils.config import show_progress
 from utils.distributed import DistContext, select_device
@@ -199,10 +199,11 @@ def transfer_accuracy(source, targets, loader, device, attack, seed, progress=Fa
     return (100.0 * correct / max(1, total)).tolist()
 
 
-def source_rows(source, targets, loader, device, epsilon, seed, progress=False, desc="transfer"):
-    """{protocol: accuracy (%) of each target} on ``source``'s transfer examples, and the
-    per-example correctness they come from (see ``evaluation.transfer_examples``)."""
-    correct = source_correctness(source, targets, loader, device, epsilon, seed, progress=progress, desc=desc)
+def source_rows(source, targets, loader, device, epsilon, seed, progress=False, desc="transfer", step=PGD_STEP):
+    """{protocol: accuracy (%) of each target} on ``source``'s transfer examples (PGD-20 of ``step``,
+    [0, 1] units), and the per-example correctness they come from (see ``evaluation.transfer_examples``)."""
+    correct = source_correctness(source, targets, loader, device, epsilon, seed, progress=progress, desc=desc,
+                                 step=step)
     return {p: accuracy_row(c) for p, c in protocol_correctness(correct).items()}, correct
 
 
@@ -225,7 +226,8 @@ def compute_transfer(cfg, tickets, sources, loader, device):
         if s in sources:
             log.info("PGD-20 (paper and strong) from %s -> every ticket", ticket.name)
             row, details["correct"][s] = source_rows(ticket.model, models, loader, device, eps, seed, progress=bar,
-                                                     desc=f"source {s + 1}/{len(tickets)} {ticket.name}")
+                                                     desc=f"source {s + 1}/{len(tickets)} {ticket.name}",
+                                                     step=eval_step(cfg))
             for p in PROTOCOLS:
                 rows[p].append(row[p])
             robust[s] = row["paper"][s]
@@ -268,7 +270,7 @@ def run_r2s(cfg, run, tickets, skipped, info, loader, device, correct=None):
         if j not in correct:
             log.info("PGD-20 transfer examples from %s (R2S member %d)", ticket.name, j)
             correct[j] = source_correctness(ticket.model, [t.model for t in tickets], loader, device,
-                                            cfg.epsilon / 255, seed)
+                                            cfg.epsilon / 255, seed, step=eval_step(cfg))
     result = r2s_eval.evaluate_r2s(r2s, loader, device, cfg, seed, transfer=[correct[j] for j in range(len(tickets))])
     result.update(model_file=path, disk=r2s_eval.disk_usage(r2s, path, tickets), skipped=skipped,
                   ticket_selection=ticket_selection(tickets))

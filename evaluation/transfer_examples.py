@@ -2,7 +2,7 @@
 transfer matrix (``evaluation.transfer``) and R2S's transfer rows (``evaluation.r2s_eval``) get
 them from, so the two report the same examples.
 
-One PGD-20 trajectory per source and batch (step 2/255, one random start; the starts come
+One PGD-20 trajectory per source and batch (step ``--eval_step``, 2/255 by default, one random start; the starts come
 from torch's RNG seeded with ``seed`` once per source, batches in loader order) gives two
 candidates per example:
 
@@ -61,16 +61,17 @@ def keep_higher(delta, logits, y, best, best_loss):
 
 
 def source_correctness(source, targets, loader, device, epsilon, seed, examples=paper_and_strong, progress=False,
-                       desc="transfer"):
+                       desc="transfer", step=PGD_STEP):
     """{candidate: bool [targets, examples]}: whether each target classifies each candidate
-    correctly (candidates of ``examples(source, x, y, epsilon)``, see the module docstring).
-    The caller's RNG state is kept; ``progress``: a tqdm bar per batch on stderr."""
+    correctly (candidates of ``examples(source, x, y, epsilon, step=step)``, see the module
+    docstring; radii and step in [0, 1] units). The caller's RNG state is kept; ``progress``:
+    a tqdm bar per batch on stderr."""
     out = {c: [] for c in CANDIDATES}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
             x, y = x.to(device), y.to(device)
-            for name, x_adv in zip(CANDIDATES, examples(source, x, y, epsilon)):
+            for name, x_adv in zip(CANDIDATES, examples(source, x, y, epsilon, step=step)):
                 with torch.no_grad():
                     out[name].append(torch.stack([t(x_adv).argmax(1) == y for t in targets]).cpu())
     return {c: torch.cat(v, 1) if v else torch.zeros(len(targets), 0, dtype=torch.bool) for c, v in out.items()}

@@ -23,7 +23,7 @@ from experiments.runner import point_status
 from experiments.stats import describe
 
 SETTINGS = ("set", "arch", "width_mult", "init", "conv_type", "epochs", "batch_size", "lr", "lr_policy",
-            "attack_type", "attack_iters", "epsilon", "n_eval", "seed")
+            "attack_type", "attack_iters", "epsilon", "train_step", "eval_step", "n_eval", "seed")
 TRAIN_METRICS = ("best_natural_acc1", "best_robust_acc1", "natural_acc1_at_best_robustness", "best_acc1",
                  "best_epoch", "natural_acc1", "robust_acc1")
 HEADLINE = ("best_natural_acc1", "best_robust_acc1", "r2s_natural", "r2s_transfer_paper", "r2s_transfer_strong",

@@ -167,3 +167,36 @@ def application_figure(path, matrix, r2s_groups, paper_groups=None, suptitle="",
     _titles(fig, suptitle, caption, 150)
     fig.savefig(path, dpi=110)
     return path
+
+
+def calibration_figure(path, panels, rule, paper, chosen, suptitle="", caption=""):
+    """Per architecture: natural and PGD-20 accuracy (mean, 95% interval bars) against the radius; the
+    band of PGD-20 values the rule accepts (natural minus the rule's drop range, per radius) shaded; the
+    paper's CIFAR-10 drop drawn from each natural point as a dotted target; the chosen radius marked."""
+    fig = _figure(5.0 * len(panels), 5.6)
+    drop = paper.get("natural", 0) - paper.get("robust", 0) if paper.get("natural") is not None else None
+    for i, p in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        xs = p["radii"]
+        _curve(ax, "natural", xs, p["natural"], {"color": "C1", "yerr": p["natural_ci"]})
+        _curve(ax, "PGD-20 (step eps/4)", xs, p["robust"], {"color": "C0", "yerr": p["robust_ci"]})
+        nat = [v if v is not None else float("nan") for v in p["natural"]]
+        ax.fill_between(xs, [n - rule[1] for n in nat], [n - rule[0] for n in nat], color="C2", alpha=0.15,
+                        label=f"PGD-20 {rule[0]:g}-{rule[1]:g} points below natural (the rule)")
+        if drop is not None:
+            ax.plot(xs, [n - drop for n in nat], linestyle=":", color="gray",
+                    label=f"natural - {drop:.1f} (the paper's CIFAR-10 drop)")
+        if chosen is not None:
+            ax.axvline(chosen, color="black", linewidth=0.8, label=f"chosen radius {chosen:g}/255")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, labels=[f"{x:g}" for x in xs])
+        ax.minorticks_off()
+        ax.set_xlabel("radius eps (/255)")
+        ax.set_ylabel("accuracy (%) of dense adversarial training")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        _legend_below(ax, ncol=1)
+        ax.set_title(p["title"], fontsize=9)
+    _titles(fig, suptitle, caption, 70 * len(panels))
+    fig.savefig(path, dpi=110)
+    return path

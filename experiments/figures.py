@@ -1,6 +1,6 @@
 """The paper's three figures, one command each (see README, "Paper figures").
 
-    python experiments/figures.py {existence,property,application} --profile {smoke,digits,cifar10}
+    python experiments/figures.py {existence,property,application,calibration} --profile {smoke,digits,cifar10}
                                   [--out DIR] [--seeds N] [--dry-run] [--slurm [--submit] [--slurm-setup CMD]]
                                   [--ablation NAME] [--collect-only] [--publish DIR]
 
@@ -133,8 +133,9 @@ def check_all(points):
 
 def collect(args, spec, fig_dir, all_points):
     out = report.REPORTS[args.figure](spec, all_points, fig_dir)
-    for kind in ("csv", "md", "png", "claims"):
-        log.info("wrote %s", out[kind])
+    for kind in ("csv", "md", "png", "claims", "json"):
+        if kind in out:
+            log.info("wrote %s", out[kind])
     log.info("%s", out["convergence"])
     if args.publish:
         publish(args.figure, fig_dir, args.publish)
@@ -144,7 +145,7 @@ def collect(args, spec, fig_dir, all_points):
 def publish(figure, fig_dir, dest):
     """Copy the figure's outputs to ``dest`` (docs/figures/ in this repository)."""
     os.makedirs(dest, exist_ok=True)
-    names = {f"{figure}.{ext}": f"{figure}.{ext}" for ext in ("csv", "md", "png")}
+    names = {f"{figure}.{ext}": f"{figure}.{ext}" for ext in ("csv", "md", "png", "json")}
     names.update({"claims.md": f"{figure}_claims.md", "claims.json": f"{figure}_claims.json",
                   "application_matrix.csv": "application_matrix.csv"})
     for src, name in names.items():

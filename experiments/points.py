@@ -30,7 +30,8 @@ from utils.errors import UserError
 
 ABLATIONS = ("init", "granularity", "attack")
 RST, DENSE = "rst", "dense"  # run names shared by every figure of a profile (see seed_points)
-STAGES = {"existence": ("train",), "property": ("train", "finetune"), "application": ("train", "transfer")}
+STAGES = {"existence": ("train",), "property": ("train", "finetune"), "application": ("train", "transfer"),
+          "calibration": ("train",)}
 
 
 def slug(text):
@@ -198,6 +199,9 @@ def seed_points(figure, spec, fig_dir, seed, ablations=()):
         raise UserError("--ablation applies to the existence figure only")
     elif figure == "property":
         points = property_points(spec, log_dir)
+    elif figure == "calibration":
+        from experiments.calibration import calibration_points
+        points = calibration_points(spec, log_dir)
     else:
         points = application_points(spec, log_dir, ticket_folder(fig_dir, seed))
     for p in points:

@@ -213,4 +213,9 @@ def application_paper(spec, points, table):
     return faint
 
 
-REPORTS = {"existence": existence, "property": property_, "application": application}
+def calibration(spec, points, fig_dir):
+    from experiments import calibration as calib
+    return calib.report(spec, points, fig_dir)
+
+
+REPORTS = {"existence": existence, "property": property_, "application": application, "calibration": calibration}

@@ -21,11 +21,11 @@ from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join("experiments", "configs")
-FIGURES = ("existence", "property", "application")
+FIGURES = ("existence", "property", "application", "calibration")
 PROFILES = ("smoke", "digits", "cifar10")
 SPEC_KEYS = {"figure", "profile", "budget", "flags", "archs", "arch", "ks", "dense", "ablations", "finetune",
              "dense_natural", "dense_adversarial", "rtt", "transfer", "r2s", "slurm", "paper_overlay", "seeds",
-             "convergence", "threads"}
+             "convergence", "threads", "radii", "steps", "rule", "paper"}
 RESULT_FILES = {"main.py": "results.json", "train_full.py": "results.json"}
 
 

@@ -32,7 +32,7 @@ def cfg(passes=1, epsilon=1, *extra):
 
 
 def identity_transfer(monkeypatch):
-    monkeypatch.setattr(r2s_eval, "TRANSFER_EXAMPLES", lambda view, x, y, eps: (x, x))
+    monkeypatch.setattr(r2s_eval, "TRANSFER_EXAMPLES", lambda view, x, y, eps, **_: (x, x))
 
 
 def test_natural_is_the_members_mean_and_transfer_from_j_is_scored_on_every_member(members, monkeypatch):
@@ -42,8 +42,8 @@ def test_natural_is_the_members_mean_and_transfer_from_j_is_scored_on_every_memb
     captured = []
     real = r2s_eval.TRANSFER_EXAMPLES
 
-    def spy(view, xb, yb, eps):
-        out = real(view, xb, yb, eps)
+    def spy(view, xb, yb, eps, **kw):
+        out = real(view, xb, yb, eps, **kw)
         captured.append((view.index, out))
         return out
 
@@ -104,7 +104,7 @@ def test_worst_case_includes_every_attack(members, monkeypatch):
     n = 2 + len(ADAPTIVE)
     x, y, fool = two_fooled_examples(members, n)
     monkeypatch.setattr(r2s_eval, "TRANSFER_EXAMPLES",
-                        lambda view, xb, yb, eps: (planted(fool, 0)(view, xb, yb), planted(fool, 1)(view, xb, yb)))
+                        lambda view, xb, yb, eps, **_: (planted(fool, 0)(view, xb, yb), planted(fool, 1)(view, xb, yb)))
     fakes = {name: planted(fool, 2 + i) for i, name in enumerate(ADAPTIVE)}
 
     class Registry:

@@ -163,7 +163,7 @@ def test_strong_is_never_above_paper_even_when_the_highest_loss_iterate_is_weake
     from evaluation import transfer_examples
     models, x, y = early_stop_fixture
     real = transfer_examples.paper_and_strong
-    weak = lambda source, xb, yb, eps: (real(source, xb, yb, eps)[0], xb)  # noqa: E731
+    weak = lambda source, xb, yb, eps, step: (real(source, xb, yb, eps, step)[0], xb)  # noqa: E731
     correct = transfer_examples.source_correctness(models[1], models, [(x, y)], torch.device("cpu"), 4 / 255, 0,
                                                    examples=weak)
     rows = {p: transfer_examples.accuracy_row(c) for p, c in transfer_examples.protocol_correctness(correct).items()}

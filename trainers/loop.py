@@ -279,7 +279,9 @@ def run_epoch(s, state, stop):
         pruning.discard_low_scores(s.model, pruning.discard_fraction(cfg, epoch), s.extra)
     last = epoch + 1 == cfg.epochs
     is_best, val_text = False, "not validated"
-    if should_validate(epoch, cfg.epochs, cfg.val_every, train_full):
+    # --val_rule every: train_full.py validates on main.py's epochs (figures compare dense and tickets alike)
+    early_rule = train_full and getattr(cfg, "val_rule", "original") == "original"
+    if should_validate(epoch, cfg.epochs, cfg.val_every, early_rule):
         is_best, val_text = validate_and_select(s, state, epoch, train, lr, last)
     s.run.scalars(epoch, {"train/loss": train["loss"], "train/acc1": train["acc1"], "lr": lr})
     state.end_epoch()

@@ -23,7 +23,7 @@ from utils.errors import UserError
 from utils.registry import Registry
 
 TRAINERS = Registry("trainer")
-PGD_TRAIN_STEP = 2 / 255  # the original ignores --alpha for pgd
+PGD_TRAIN_STEP = 2 / 255  # --train_step's default: the original's (it ignores --alpha for pgd)
 
 
 class NonFiniteLoss(UserError):
@@ -38,7 +38,7 @@ def make_train_attack(cfg, criterion=None):
     """
     eps = cfg.epsilon / 255
     if cfg.attack_type == "pgd":
-        return functools.partial(pgd, epsilon=eps, step=PGD_TRAIN_STEP, iters=cfg.attack_iters,
+        return functools.partial(pgd, epsilon=eps, step=getattr(cfg, "train_step", 2) / 255, iters=cfg.attack_iters,
                                  loss_fn=criterion)
     if cfg.attack_type == "fgsm":
         return functools.partial(fgsm, epsilon=eps, alpha=cfg.alpha / 255)

@@ -74,9 +74,33 @@ def ignored_flags(cfg, entry):
     return out
 
 
+EVAL_PGD_ITERS = 20  # the evaluation PGD-20 (attacks.pgd.pgd20) and the transfer examples' PGD-20
+
+
+def check_attack_reach(cfg, entry):
+    """UserError when an evaluation PGD of this run cannot reach the eps-ball's surface from the clean
+    input (iterations x ``--eval_step`` < ``--epsilon``): it would report a weaker attack's accuracy
+    under the radius' name. ``--allow_short_attack`` runs it anyway (the protocol records the flag)."""
+    eps, step = float(cfg.epsilon), float(getattr(cfg, "eval_step", 2) or 2)
+    if getattr(cfg, "allow_short_attack", False) or eps <= 0:
+        return
+    if entry != "test_trans" and not (cfg.attack_type and cfg.eval_attack == "pgd"):
+        return  # no evaluation PGD runs (natural training, or AutoAttack)
+    attacks = [("PGD-20", EVAL_PGD_ITERS)]
+    if entry == "test_trans" and getattr(cfg, "r2s", False):
+        attacks.append(("--eot_steps", int(cfg.eot_steps)))
+    for name, iters in attacks:
+        if iters * step < eps:
+            raise UserError(f"--eval_step {step:g} x {iters} steps ({name}) = {iters * step:g}/255 cannot reach the "
+                            f"surface of the --epsilon {eps:g}/255 ball; pass --eval_step >= {eps / iters:g} "
+                            f"(eps/4 = {eps / 4:g} is usual) or --allow_short_attack to run the weaker attack")
+
+
 def check_eval_settings(cfg, entry):
-    """UserError for a bad value or a flag this run would silently ignore."""
+    """UserError for a bad value, an evaluation attack that cannot span the radius, or a flag this
+    run would silently ignore."""
     check_ranges(cfg)
+    check_attack_reach(cfg, entry)
     ignored = ignored_flags(cfg, entry)
     if ignored:
         raise UserError("; ".join(f"--{flag} would be ignored: {why}" for flag, why in ignored))

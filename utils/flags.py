@@ -20,6 +20,7 @@ GROUPS = ("model", "data", "optimisation", "attack", "evaluation", "runs", "dist
 ALL = frozenset(ENTRIES)
 TRAIN = frozenset(("main", "train_full", "demo"))
 MAIN = frozenset(("main",))
+FULL = frozenset(("train_full",))
 TRANS = frozenset(("test_trans",))
 
 
@@ -146,6 +147,8 @@ def _attack(a):
            "([0, 1] units: 0.03 means 0.03, converted to 7.65/255)")
     a(TRAIN, "--alpha", type=float, default=10, help="fgsm step in 0-255 pixel units")
     a(TRAIN, "--attack_iters", type=int, default=7, help="PGD steps during training")
+    a(TRAIN, "--train_step", type=float, default=2,
+      help="PGD training step in 0-255 pixel units (the original's 2/255; it ignores --alpha for pgd)")
     a(TRAIN, "--n_repeats", type=int, default=4, help="free adversarial training replays")
 
 
@@ -154,7 +157,16 @@ def _evaluation(a):
       help="evaluate --pretrained and exit (k, width, arch, layer types from the checkpoint unless given; "
            "writes <run>/eval/<time>.json only)")
     a(TRAIN, "--val_every", type=int, default=3, help="validate every N epochs (and at the last)")
+    a(FULL, "--val_rule", default="original", choices=("original", "every"),
+      help="train_full.py's validation epochs: original (every 10 epochs up to epoch 60, then --val_every, as "
+           "the original) or every (every --val_every epochs and the last, main.py's rule)")
     a(ALL, "--eval_attack", default="pgd", help="evaluation attack: pgd (PGD-20) or autoattack")
+    a(ALL, "--eval_step", type=float, default=2,
+      help="evaluation PGD step in 0-255 pixel units: PGD-20, transfer examples, R2S's PGD attacks "
+           "(the original's 2/255; 20 steps must span --epsilon unless --allow_short_attack)")
+    a(ALL, "--allow_short_attack", action="store_true",
+      help="allow an evaluation PGD whose steps x step cannot reach the eps-ball's surface (a weaker attack; "
+           "recorded in the protocol)")
     a(ALL, "--n_eval", type=int, default=None, help="limit the number of test examples evaluated")
     a(ALL, "--aa_steps", type=int, default=100,
       help="AutoAttack: APGD/APGD-T/FAB iterations (the reference's 100; fewer only for quick checks)")

@@ -41,7 +41,8 @@ def eval_protocol(cfg, attack=None, settings=None, **extra):
                 "eot_samples": getattr(cfg, "eot_samples", None), "eot_steps": getattr(cfg, "eot_steps", None),
                 "passes": getattr(cfg, "eval_passes", None),
                 "val_split": getattr(cfg, "val_split", None), "seed": getattr(cfg, "seed", None),
-                "amp": getattr(cfg, "amp", "none")})
+                "amp": getattr(cfg, "amp", "none"),
+                "allow_short_attack": bool(getattr(cfg, "allow_short_attack", False)) if attack else None})
     out.update(extra)
     return out
 
@@ -50,8 +51,13 @@ def main_protocol(cfg, settings=None):
     """What a main.py / train_full.py validation computes: PGD-20 (or AutoAttack) only with an
     --attack_type, on --n_eval examples; no EOT, no passes (single models). ``settings``:
     what the attack runs (``evaluation.evaluate.attack_settings``)."""
-    attack = getattr(cfg, "eval_attack", "pgd") if getattr(cfg, "attack_type", None) else False
-    return eval_protocol(cfg, attack=attack, settings=settings, eot_samples=None, eot_steps=None, passes=None)
+    attack_type = getattr(cfg, "attack_type", None)
+    attack = getattr(cfg, "eval_attack", "pgd") if attack_type else False
+    # the training attack beside it (PGD's step in 1/255 units; FGSM steps by --alpha, FGSM-RS by 1.25 eps)
+    train = {"train_attack": attack_type, "train_iters": getattr(cfg, "attack_iters", None) if attack_type == "pgd"
+             else None, "train_step": getattr(cfg, "train_step", 2) if attack_type == "pgd" else None}
+    return eval_protocol(cfg, attack=attack, settings=settings, eot_samples=None, eot_steps=None, passes=None,
+                         **train)
 
 
 def protocol_changes(saved_config, cfg):

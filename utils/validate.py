@@ -36,6 +36,8 @@ RULES = {
     "discard_epoch": ("--discard_epoch", lambda v: v >= 1, "must be at least 1 (epochs)"),
     "discard_rate": ("--discard_rate", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     "alpha": ("--alpha", lambda v: 0 <= v <= 255, "is in 0-255 pixel units, in [0, 255]"),
+    "train_step": ("--train_step", lambda v: 0 < v <= 255, "is in 0-255 pixel units, in (0, 255]"),
+    "eval_step": ("--eval_step", lambda v: 0 < v <= 255, "is in 0-255 pixel units, in (0, 255]"),
     "attack_iters": ("--attack_iters", lambda v: v >= 1, "must be at least 1"),
     "n_repeats": ("--n_repeats", lambda v: v >= 1, "must be at least 1"),
     "seed": ("--seed", lambda v: 0 <= v < 2 ** 32, "must be in [0, 2**32)"),
