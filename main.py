@@ -1,4 +1,4 @@
-"""Search Robust Scratch Tickets and fine-tune them (see README)."""
+"""Search Robust Scratch Tickets and fine-tune them (see README and docs/tasks.md)."""
 from utils.config import parse_config
 from utils.errors import cli_main
 

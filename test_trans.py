@@ -1,4 +1,4 @@
-"""Transferability between tickets, and the R2S defence (see README).
+"""Transferability between tickets, and the R2S defence (see docs/evaluation.md).
 
     python test_trans.py --pretrained DIR/<net>_<k>.pth [--all_sources] [--r2s]
                          [--eval_attack autoattack [--aa_version standard|plus|rand]] [--n_eval N]

@@ -1,4 +1,4 @@
-"""Tickets and runs as artefacts (see README, "Tickets as files" and "Runs and results").
+"""Tickets and runs as artefacts (see docs/tickets.md and docs/runs.md).
 
     python tickets.py export CKPT_OR_RUN_DIR --out FILE
     python tickets.py summary [DIR] [--sort COL] [--desc] [--out FOLDER]

@@ -1,4 +1,4 @@
-"""The paper's three figures, one command each (see README, "Paper figures").
+"""The paper's three figures, one command each (see docs/figures.md).
 
     python experiments/figures.py {existence,property,application,calibration} --profile {smoke,digits,cifar10}
                                   [--out DIR] [--seeds N] [--dry-run] [--slurm [--submit] [--slurm-setup CMD]]

@@ -1,4 +1,4 @@
-"""The benches run end to end and print the lines the README and the issue quote
+"""The benches run end to end and print the lines the docs (docs/speed.md) and the issue quote
 (no timing is asserted: numbers depend on the machine)."""
 import os
 import subprocess

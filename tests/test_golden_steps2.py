@@ -45,7 +45,7 @@ GAP_FLIP = 1e-7    # golden |score| boundary gap below which a mask entry may fl
 FLIP_SLACK = 4     # entries by which such a layer's changed count may differ
 RTOL = {True: 1e-4, False: 1e-6}      # update norms: attacked / natural (pixel vs normalised rounding)
 EVAL_ATOL = {True: 5e-5, False: 1e-6}
-# The documented difference (README "Differences from the original"): the original's low_lr_zero
+# The documented difference (docs/differences.md): the original's low_lr_zero
 # scales a copy of the gradient (a no-op, its step equals `all`); ours scales the pruned weights'
 # gradients by --lr_scale_zero, so their first update is exactly that fraction of the original's.
 LOW_LR_ZERO = "ft_full_low_lr_zero"

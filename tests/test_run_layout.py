@@ -82,7 +82,7 @@ def test_best_acc5_is_the_running_maximum():
 
 
 def test_best_rule_strict_and_first_zero_validation_is_kept():
-    """README Differences: strict ">" as the original; a first validation at 0% is the best
+    """docs/differences.md: strict ">" as the original; a first validation at 0% is the best
     (ours starts at -1, the original at 0.0 and then saves no model_best.pth)."""
     state, train = TrainState(), {"acc1": 0.0, "acc5": 0.0}
     assert state.record(0, train, {"acc1": 0.0, "acc5": 10.0}, None)

@@ -1,8 +1,8 @@
 """``tickets.py summary [DIR]``: one table of every results.json under a folder.
 
 One row per training run (main.py / train_full.py): arch, set, k, task, seed, epochs,
-natural and robust accuracy of the last epoch (the numbers to report, see README
-"Runs and results") and of the selected best epoch, the protocol that measured the
+natural and robust accuracy of the last epoch (the numbers to report, see
+docs/runs.md) and of the selected best epoch, the protocol that measured the
 robust ones, the selection split and the run's folder. The table is printed as
 markdown and written as ``summary.csv`` and ``summary.md`` (in DIR unless --out).
 """
