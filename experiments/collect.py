@@ -26,9 +26,9 @@ SETTINGS = ("set", "arch", "width_mult", "init", "conv_type", "epochs", "batch_s
             "attack_type", "attack_iters", "epsilon", "train_step", "eval_step", "n_eval", "seed")
 TRAIN_METRICS = ("best_natural_acc1", "best_robust_acc1", "natural_acc1_at_best_robustness", "best_acc1",
                  "best_epoch", "natural_acc1", "robust_acc1")
-HEADLINE = ("best_natural_acc1", "best_robust_acc1", "r2s_natural", "r2s_transfer_paper", "r2s_transfer_strong",
+HEADLINE = ("best_natural_acc1", "best_robust_acc1", "aa_robust_acc1", "r2s_natural", "r2s_transfer_paper", "r2s_transfer_strong",
             "r2s_worst_case", "offdiag_mean", "diag_mean", "offdiag_mean_paper")
-NOT_SUMMED = set(SETTINGS) | {"k", "seed", "tickets", "epochs_done", "best_epoch"}
+NOT_SUMMED = set(SETTINGS) | {"k", "seed", "tickets", "epochs_done", "best_epoch", "aa_steps", "aa_n_eval"}
 
 
 def _get(data, dotted, default=None):
@@ -67,6 +67,16 @@ def matrix_of(data, which="strong"):
     return which, [float(k) for k in data.get("prune_rates", [])], matrices.get(which) or []
 
 
+def autoattack_metrics(data):
+    """A one-checkpoint test_trans.py run under --eval_attack: its natural and white-box accuracy and what ran."""
+    ran = data.get("robust_protocol") or {}
+    aa = ran.get("autoattack") or {}
+    return {"aa_natural_acc1": (data.get("natural_acc1") or [None])[0],
+            "aa_robust_acc1": (data.get("robust_acc1") or [None])[0],
+            "aa_attack": ran.get("attack"), "aa_version": ran.get("aa_version") or aa.get("version"),
+            "aa_steps": ran.get("aa_steps"), "aa_n_eval": data.get("n_eval")}
+
+
 def transfer_metrics(data):
     """Off-diagonal and diagonal means of the strong matrix (the paper's off-diagonal mean beside it)."""
     which, ks, rows = matrix_of(data)
@@ -78,7 +88,8 @@ def transfer_metrics(data):
     off = offdiag(rows)
     diag = [row[i] for i, row in enumerate(rows) if i < len(row)]
     paper_rows = matrix_of(data, "paper")[2]
-    return {"matrix": which, "tickets": len(ks), "offdiag_mean": mean(off), "offdiag_min": min(off, default=None),
+    return {"matrix": which, "tickets": len(ks), "natural_mean": mean(data.get("natural_acc1") or []),
+            "offdiag_mean": mean(off), "offdiag_min": min(off, default=None),
             "diag_mean": mean(diag), "offdiag_mean_paper": mean(offdiag(paper_rows))}
 
 
@@ -99,15 +110,22 @@ def point_row(point, figure, rule=None):
         row["selection"] = data.get("selection")
     elif data is not None and point.result == "r2s.json":
         row.update(r2s_metrics(data))
+    elif data is not None and point.fields.get("panel") == "autoattack":
+        row.update(autoattack_metrics(data))
     elif data is not None:
         row.update(transfer_metrics(data))
     row["run_dir"], row["command"] = point.run_dir(), point.command()
     return row
 
 
+PER_SEED_LISTS = ("best_epoch", "epochs_done")     # summary rows list these per seed ('14/18/19')
+PER_SEED_MEANS = {"offdiag_min": "offdiag_min_mean_over_seeds"}   # a mean of per-seed minima, named so
+
+
 def summary_rows(rows):
     """One ``summary`` row per point id (in order): identifying fields, the mean of every metric over
-    the seeds, ``_sd``/``_ci95`` of the headline metrics, ``n_seeds``, and ``converged`` as 'c/n'."""
+    the seeds, ``_sd``/``_ci95`` of the headline metrics, ``n_seeds``, ``converged`` as 'c/n', the
+    per-seed values of ``PER_SEED_LISTS`` joined by '/', and means of per-seed extremes renamed so."""
     groups = {}
     for r in rows:
         groups.setdefault(r["id"], []).append(r)
@@ -126,9 +144,14 @@ def summary_rows(rows):
                    if k not in NOT_SUMMED and isinstance(v, (int, float)) and not isinstance(v, bool)]
         for k in dict.fromkeys(metrics):
             d = describe([r.get(k) for r in members])
-            row[k] = d["mean"]
+            row[PER_SEED_MEANS.get(k, k)] = d["mean"]
+            if k in PER_SEED_MEANS:
+                row.pop(k, None)
             if k in HEADLINE:
                 row[f"{k}_sd"], row[f"{k}_ci95"] = d["sd"], d["ci95"]
+        for k in PER_SEED_LISTS:  # a per-seed value, not a mean: the list, seed 0 first
+            if any(k in r for r in members):
+                row[k] = "/".join("" if r.get(k) is None else f"{r.get(k):g}" for r in members)
         out.append(row)
     return out
 

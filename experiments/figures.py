@@ -1,6 +1,6 @@
 """The paper's three figures, one command each (see docs/figures.md).
 
-    python experiments/figures.py {existence,property,application,calibration} --profile {smoke,digits,cifar10}
+    python experiments/figures.py {existence,property,application,calibration} --profile {smoke,digits,digits-eps8,cifar10}
                                   [--out DIR] [--seeds N] [--dry-run] [--slurm [--submit] [--slurm-setup CMD]]
                                   [--ablation NAME] [--collect-only] [--publish DIR]
 
@@ -23,7 +23,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or ".") not in (HERE, ROOT)]
 
 from experiments import report, runner, slurm  # noqa: E402
-from experiments.points import ABLATIONS, STAGES, figure_points, link_tickets  # noqa: E402
+from experiments.points import ABLATIONS, STAGES, figure_points, link_autoattack, link_tickets  # noqa: E402
 from experiments.spec import FIGURES, PROFILES, load_spec, spec_seeds, unique_points  # noqa: E402
 from utils.errors import UserError, cli_main  # noqa: E402
 from utils.run_dir import setup_logging  # noqa: E402
@@ -40,7 +40,9 @@ def build_parser():
     p = _Parser(prog="figures.py", description="Run, collect and draw one of the paper's figures.")
     p.add_argument("figure", choices=FIGURES)
     p.add_argument("--profile", required=True, choices=PROFILES,
-                   help="smoke (seconds, for tests), digits (2 CPU cores), cifar10 (the paper's settings, GPU)")
+                   help="smoke (seconds, for tests), digits (2 CPU cores, the radius calibrated to the digits), "
+                        "digits-eps8 (the same at the paper's 8/255: half a grey level), cifar10 (the paper's "
+                        "settings, GPU)")
     p.add_argument("--out", default=None, help="output folder (default runs/figures/<profile>); the figure "
                                                "goes to OUT/<figure>/, its runs to OUT/<figure>/runs/")
     p.add_argument("--ablation", action="append", default=[], choices=ABLATIONS + ("all",),
@@ -100,7 +102,7 @@ def dry_run(spec, points):
 def write_slurm(args, spec, out, points):
     stages = stages_of(args.figure, points)
     scripts, submit = slurm.write_scripts(args.figure, args.profile, out, stages, spec,
-                                          needs_prepare={"transfer"} if args.figure == "application" else set(),
+                                          needs_prepare={PREPARED[args.figure]} if args.figure in PREPARED else set(),
                                           setup=args.slurm_setup, dry_run=args.dry_run)
     for path, text in scripts:
         if args.dry_run:  # print what would be written; write nothing
@@ -112,6 +114,19 @@ def write_slurm(args, spec, out, points):
     if args.submit and not args.dry_run:
         return slurm.submit(submit)
     return 0
+
+
+PREPARED = {"application": "transfer", "existence": "autoattack"}  # stages that read a folder of links
+
+
+def prepare_stage(figure, spec, points, fig_dir, stage):
+    """Before ``stage``: the folders of links to earlier stages' checkpoints that its points read."""
+    if PREPARED.get(figure) != stage:
+        return
+    if figure == "application":
+        link_tickets(spec, points, fig_dir)
+    else:
+        link_autoattack(spec, points)
 
 
 def check(args, points):
@@ -171,8 +186,7 @@ def main(argv=None):
     if args.check_all:
         return check_all(points)
     if args.prepare:
-        if args.figure == "application" and args.prepare == "transfer":
-            link_tickets(spec, points, fig_dir)
+        prepare_stage(args.figure, spec, points, fig_dir, args.prepare)
         return 0
     if args.slurm:
         return write_slurm(args, spec, out, points)
@@ -180,10 +194,9 @@ def main(argv=None):
         return dry_run(spec, points)
     if not args.collect_only:
         log.info("%s: %d points; budget: %s", spec["path"], len(points), spec.get("budget", "not stated"))
-        prepare = (lambda stage: link_tickets(spec, points, fig_dir) if stage == "transfer" else None)
         start = time.time()
-        runner.run_points(points, fig_dir, prepare if args.figure == "application" else None, args.spawn,
-                          args.jobs)
+        runner.run_points(points, fig_dir, lambda stage: prepare_stage(args.figure, spec, points, fig_dir, stage),
+                          args.spawn, args.jobs)
         log.info("%s: all %d points finished in %s", args.figure, len(points),
                  runner._duration(time.time() - start))
     collect(args, spec, fig_dir, all_points)

@@ -30,7 +30,7 @@ from utils.errors import UserError
 
 ABLATIONS = ("init", "granularity", "attack")
 RST, DENSE = "rst", "dense"  # run names shared by every figure of a profile (see seed_points)
-STAGES = {"existence": ("train",), "property": ("train", "finetune"), "application": ("train", "transfer"),
+STAGES = {"existence": ("train", "autoattack"), "property": ("train", "finetune"), "application": ("train", "transfer"),
           "calibration": ("train",)}
 
 
@@ -78,6 +78,57 @@ def existence_points(spec, log_dir, ablations=()):
     for name in ablations:
         points += ablation_points(spec, log_dir, name, archs[0])
     return points
+
+
+def autoattack_points(spec, log_dir, fig_dir, seed, trained):
+    """The spec's ``autoattack: {ks, seeds}``: for seeds below ``seeds``, the reference AutoAttack
+    (test_trans.py --eval_attack autoattack, full test split) on each architecture's RSTs at ``ks``
+    and its dense network, each checkpoint alone in a folder of one link (``link_autoattack``)."""
+    table = spec.get("autoattack")
+    if not table or seed >= int(table.get("seeds", 1)):
+        return []
+    ks, points = [float(k) for k in table.get("ks") or []], []
+    for arch in spec.get("archs") or []:
+        flags = merged(spec.get("flags"), arch.get("flags"), table.get("flags"), {"eval_attack": "autoattack"})
+        for p in trained:
+            if p.fields.get("model") != arch["label"] or p.fields.get("panel") != "main":
+                continue
+            k = p.fields["k"]
+            if p.script == "main.py" and k not in ks:
+                continue
+            of = "dense AT" if p.script == "train_full.py" else "RST"
+            source = os.path.join(aa_folder(fig_dir, seed, arch, k), ticket_file(arch, k))
+            points.append(transfer_point(f"autoattack/{slug(arch['label'])}/{slug(of)}/k={k:g}", "autoattack",
+                                         arch["config"], flags, name=f"autoattack-{slug(of)}", log_dir=log_dir,
+                                         source=source, source_k=k, mode="single",
+                                         fields={"panel": "autoattack", "model": arch["label"], "variant": of,
+                                                 "k": k, "of": p.id}))
+    return points
+
+
+def aa_folder(fig_dir, seed, arch, k):
+    return os.path.join(fig_dir, "autoattack", f"seed={seed}", f"{slug(arch['label'])}-k={k:g}")
+
+
+def link_autoattack(spec, points):
+    """The one-checkpoint folders of the autoattack points: a link to the trained point's model_best.pth."""
+    trained = {(p.base, p.seed): p for p in points if p.stage == "train"}
+    for p in points:
+        if p.stage != "autoattack":
+            continue
+        target = os.path.join(trained[p.fields["of"], p.seed].run_dir(), "checkpoints", "model_best.pth")
+        if not os.path.isfile(target):
+            raise UserError(f"{p.fields['of']} is not finished: {target} is missing (run the train stage first)")
+        link = p.argv[p.argv.index("--pretrained") + 1]
+        _link(target, link)
+
+
+def _link(target, link):
+    folder = os.path.dirname(link)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(link)}.{os.getpid()}")
+    os.symlink(os.path.relpath(target, folder), tmp)
+    os.replace(tmp, link)  # atomic: array tasks may run this at once
 
 
 def ablation_points(spec, log_dir, name, arch):
@@ -182,10 +233,7 @@ def link_tickets(spec, points, fig_dir):
         target = os.path.join(p.run_dir(), "checkpoints", "model_best.pth")
         if not os.path.isfile(target):
             raise UserError(f"ticket {p.id} is not finished: {target} is missing (run the train stage first)")
-        link = os.path.join(folder, ticket_file(arch, p.fields["k"]))
-        tmp = os.path.join(folder, f".{os.path.basename(link)}.{os.getpid()}")
-        os.symlink(os.path.relpath(target, folder), tmp)
-        os.replace(tmp, link)  # atomic: array tasks may run this at once
+        _link(target, os.path.join(folder, ticket_file(arch, p.fields["k"])))
     return folder
 
 
@@ -195,6 +243,7 @@ def seed_points(figure, spec, fig_dir, seed, ablations=()):
     spec = dict(spec, flags=dict(spec.get("flags") or {}, seed=seed))
     if figure == "existence":
         points = existence_points(spec, log_dir, ablations)
+        points += autoattack_points(spec, log_dir, fig_dir, seed, points)
     elif ablations:
         raise UserError("--ablation applies to the existence figure only")
     elif figure == "property":

@@ -24,7 +24,8 @@ def protocol(spec):
              else "the test split itself (the paper's protocol)")
     evaluated = {(spec.get(part) or {}).get("n_eval") for part in ("transfer", "r2s")} - {None}
     transfer = f" (transfer and R2S: the first {min(evaluated)})" if evaluated else ""
-    return (f"robust = PGD-20 (eps {flags.get('epsilon', 8):g}/255, step 2/255, 1 random start, early stop), "
+    return (f"robust = PGD-20 (eps {flags.get('epsilon', 8):g}/255, step {flags.get('eval_step', 2):g}/255, 1 random "
+            f"start, early stop), "
             f"{'all' if n_eval is None else n_eval} test images of {flags.get('set', '?')}{transfer}; accuracies "
             f"(%) on the test split at the epoch with the best PGD-20 accuracy on {split}")
 
@@ -81,7 +82,12 @@ def existence(spec, points, fig_dir):
         table = [(f"{r['k']:g}", mean_ci(r, NATURAL), mean_ci(r, ROBUST), r.get("converged")) for r in rst]
         table += [("dense AT", mean_ci(d, NATURAL), mean_ci(d, ROBUST), d.get("converged")) for d in dense]
         sections.append((label, md_table(["k", "natural", "PGD-20", "converged"], table)))
-    for name in [n for n in dict.fromkeys(r["panel"] for r in summary) if n != "main"]:
+    aa = rows_by(summary, panel="autoattack")
+    if aa:
+        sections.append(("reference AutoAttack next to PGD-20 (same checkpoints, whole test split)",
+                         md_table(["model", "network", "k", "seeds", "natural", "PGD-20", "AutoAttack", "protocol"],
+                                  [_aa_row(r, summary) for r in aa])))
+    for name in [n for n in dict.fromkeys(r["panel"] for r in summary) if n not in ("main", "autoattack")]:
         mine = rows_by(summary, panel=name)
         variants = list(dict.fromkeys(r["variant"] for r in mine))
         curves = []
@@ -97,6 +103,13 @@ def existence(spec, points, fig_dir):
     return write_outputs("existence", spec, rows, summary, fig_dir, sections,
                          lambda path: draw.k_panels(path, panels, "Existence of robust scratch tickets",
                                                     caption(spec)))
+
+
+def _aa_row(r, summary):
+    main = next(iter(rows_by(summary, panel="main", model=r["model"], variant=r["variant"], k=r["k"])), {})
+    reduced = "" if r.get("aa_steps") in (None, 100) else f", REDUCED: {r.get('aa_steps')} steps"
+    return (r["model"], r["variant"], f"{r['k']:g}", r.get("n_seeds"), mean_ci(r, "aa_natural_acc1"),
+            main.get(ROBUST), mean_ci(r, "aa_robust_acc1"), f"{r.get('aa_version')}{reduced}")
 
 
 def existence_paper(arch):

@@ -22,10 +22,10 @@ from utils.errors import UserError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join("experiments", "configs")
 FIGURES = ("existence", "property", "application", "calibration")
-PROFILES = ("smoke", "digits", "cifar10")
+PROFILES = ("smoke", "digits", "digits-eps8", "cifar10")
 SPEC_KEYS = {"figure", "profile", "budget", "flags", "archs", "arch", "ks", "dense", "ablations", "finetune",
              "dense_natural", "dense_adversarial", "rtt", "transfer", "r2s", "slurm", "paper_overlay", "seeds",
-             "convergence", "threads", "radii", "steps", "rule", "paper"}
+             "convergence", "threads", "radii", "steps", "rule", "paper", "autoattack"}
 RESULT_FILES = {"main.py": "results.json", "train_full.py": "results.json"}
 
 
@@ -145,11 +145,12 @@ def training_point(pid, stage, config, flags, *, task="search", name, log_dir, k
 
 
 def transfer_point(pid, stage, config, flags, *, name, log_dir, source, source_k, mode, fields=None):
-    """A test_trans.py point: ``mode`` 'matrix' (--all_sources) or 'r2s'."""
+    """A test_trans.py point: ``mode`` 'matrix' (--all_sources), 'r2s', or 'single' (the source alone: its
+    natural and white-box ``--eval_attack`` accuracy, e.g. AutoAttack; a folder holding one checkpoint)."""
     argv = ["--config", config] + flag_args(flags, f"the flags of point {pid}", "test_trans.py")
     argv += ["--name", name, "--log-dir", log_dir, "--prune-rate", f"{source_k:g}", "--pretrained", source]
-    argv += ["--all_sources"] if mode == "matrix" else ["--r2s"]
-    result = "transfer_matrix.json" if mode == "matrix" else "r2s.json"
+    argv += {"matrix": ["--all_sources"], "r2s": ["--r2s"], "single": []}[mode]
+    result = "r2s.json" if mode == "r2s" else "transfer_matrix.json"
     return Point(pid, stage, "test_trans.py", argv, "transfer", result, dict(fields or {}))
 
 
