@@ -146,3 +146,26 @@ def test_a_bundle_refuses_a_ticket_of_another_network(digits_runs, tmp_path):
     with pytest.raises(UserError, match=r"'.*other.pth' was searched in another random network .*width_mult"):
         tickets.main(["bundle", runs["0.1"], str(tmp_path / "other.pth"), "--out", str(tmp_path / "b.pth")])
     assert not (tmp_path / "b.pth").exists()
+
+
+def test_a_bundle_of_portable_ticket_files_rebuilds_each_member(tmp_path):
+    """Bundle inputs may be portable tickets (pruned weights 0): only kept weights must be the seed's."""
+    models = {}
+    for k in (0.2, 0.4):
+        _, models[k] = save_checkpoint(tmp_path / f"c{k}.pth", "--init", "kaiming_normal", "--seed", "0", k=k)
+        export(str(tmp_path / f"c{k}.pth"), str(tmp_path / f"net_{k}.pth"), portable=True)
+    tickets.main(["bundle", str(tmp_path / "net_0.2.pth"), str(tmp_path / "net_0.4.pth"), "--out", str(tmp_path / "b.pth")])
+    from models.seeded import decode_bundle
+    from utils.checkpoint import load_checkpoint
+    members = decode_bundle(load_checkpoint(str(tmp_path / "b.pth")), "b.pth")
+    assert [name for name, _ in members] == ["net_0.2.pth", "net_0.4.pth"]
+    x = torch.rand(4, 3, 32, 32)
+    for (_, ckpt), k in zip(members, (0.2, 0.4)):
+        torch.save(ckpt, tmp_path / "member.pth")
+        with torch.no_grad():
+            assert torch.equal(logits_of(tmp_path / "member.pth", x), models[k](x))
+    ckpt = torch.load(tmp_path / "c0.4.pth", weights_only=True)
+    ckpt["state_dict"]["conv1.weight"] *= 2  # trained weights (ft_*): no seed gives them
+    torch.save(ckpt, tmp_path / "c0.4.pth")
+    with pytest.raises(UserError, match=r"c0.4.pth' cannot join a bundle: the kept weights of 'conv1'"):
+        tickets.main(["bundle", str(tmp_path / "c0.2.pth"), str(tmp_path / "c0.4.pth"), "--out", str(tmp_path / "x.pth")])
