@@ -1,12 +1,17 @@
 """Tickets and runs as artefacts (see docs/tickets.md and docs/runs.md).
 
-    python tickets.py export CKPT_OR_RUN_DIR --out FILE
+    python tickets.py export CKPT_OR_RUN_DIR --out FILE [--portable]
+    python tickets.py bundle T1 T2 ... --out FILE
     python tickets.py summary [DIR] [--sort COL] [--desc] [--out FOLDER]
 
-``export`` writes a self-contained ticket (bit-packed masks, kept weights in the
-fewest bits that rebuild them exactly, the run's flags) and its model card
-(``<FILE stem>.card.md`` / ``.card.json``); ``main.py -e --pretrained FILE``, the
-ft_* tasks and ``test_trans.py`` load it like a checkpoint. ``summary`` tabulates
+``export`` writes a self-contained ticket and its model card (``<FILE stem>.card.md`` /
+``.card.json``): seeded (seed, flags, masks entropy-coded at each layer's kept fraction,
+BatchNorm statistics; ``models.seeded``) when the kept weights are the search's random
+initialisation, else (or with ``--portable``, which loads with any torch) bit-packed
+masks and the kept weights in the fewest bits that rebuild them exactly.
+``main.py -e --pretrained FILE``, the ft_* tasks and ``test_trans.py`` load it like a
+checkpoint. ``bundle`` writes tickets (files or checkpoints) of one random network as
+one seed and N coded masks; ``test_trans.py --r2s --pretrained FILE`` loads it. ``summary`` tabulates
 every results.json under DIR (utils/summary.py). A thin dispatcher: each
 subcommand's work lives in its own module.
 """
@@ -26,11 +31,21 @@ class _Parser(argparse.ArgumentParser):
 
 def run_export(args, out=sys.stdout):
     from trainers.ticket_export import export
-    card = export(args.path, args.out)
+    card = export(args.path, args.out, portable=args.portable)
     t, c = card["ticket"]["bytes"], card["checkpoint"]["bytes"]
-    out.write(f"wrote {args.out}: {t} bytes ({100.0 * t / c:.1f}% of the {c}-byte checkpoint); "
+    why = card["ticket"].get("not_seeded")
+    layout = card["ticket"]["format"] + (f" (not seeded: {why})" if why and why != "--portable" else "")
+    out.write(f"wrote {args.out}: {layout}, {t} bytes ({100.0 * t / c:.1f}% of the {c}-byte checkpoint); "
               f"card: {os.path.splitext(args.out)[0]}.card.md\n")
     return card
+
+
+def run_bundle(args, out=sys.stdout):
+    from trainers.ticket_seeded import bundle
+    info = bundle(args.tickets, args.out)
+    out.write(f"wrote {args.out}: {info['members']} tickets of one network (seed {info['seed']}), "
+              f"{info['bytes']} bytes ({info['ticket_bytes']} as separate files)\n")
+    return info
 
 
 def build_parser():
@@ -42,7 +57,13 @@ def build_parser():
                                                              "(its checkpoints/model_best.pth)")
     exp.add_argument("--out", required=True, help="ticket file to write (e.g. ticket.pth); the card goes "
                                                   "beside it")
+    exp.add_argument("--portable", action="store_true",
+                     help="write the kept weights themselves (loads with any torch), not the seed that regenerates them")
     exp.set_defaults(func=run_export)
+    bun = sub.add_parser("bundle", help="tickets of one random network -> one seed and N coded masks (for R2S)")
+    bun.add_argument("tickets", nargs="+", metavar="TICKET", help="ticket files or checkpoints, in member order")
+    bun.add_argument("--out", required=True, help="bundle file to write (test_trans.py --r2s --pretrained FILE)")
+    bun.set_defaults(func=run_bundle)
     summary.add_parser(sub)
     return p
 

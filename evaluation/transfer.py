@@ -6,6 +6,7 @@ or written by main.py (which store ``prune_rate``, k = fraction kept, and the co
 k comes from the checkpoint's metadata, else from the file name; a file with
 neither is skipped with a warning. The model structure (arch, width, layer types)
 comes from the checkpoint's stored config when present, else from the command line.
+A ``tickets.py bundle`` file (one seed, N coded masks) stands for such a folder.
 
 Two transfer protocols, both PGD-20 (step 2/255, one random start) on the source:
 ``paper``, the original's, where each example stops moving once the source
@@ -102,7 +103,11 @@ def ticket_config(cfg, ckpt):
 
 def load_ticket(cfg, path, info, device):
     """Build and load one ticket (eval mode, no parameter gradients). UserError if unusable."""
-    ckpt = load_checkpoint(path)
+    return ticket_from_checkpoint(cfg, load_checkpoint(path), path, os.path.basename(path), info, device)
+
+
+def ticket_from_checkpoint(cfg, ckpt, path, name, info, device):
+    """The Ticket ``name`` of a loaded checkpoint dict (``path``: the file it came from)."""
     k = kept_fraction(ckpt, path)
     if k is None:
         raise UserError(f"'{os.path.basename(path)}': no kept fraction in the checkpoint and none in "
@@ -115,7 +120,16 @@ def load_ticket(cfg, path, info, device):
     for m in masked_layers(model):
         m.clear_cache()
     model = model.to(device).eval().requires_grad_(False)
-    return Ticket(path, os.path.basename(path), k, model, mcfg, selection_record(ckpt))
+    return Ticket(path, name, k, model, mcfg, selection_record(ckpt))
+
+
+def bundle_tickets(cfg, path, info, device):
+    """Every member of a ``tickets.py bundle`` file, in its order (one regeneration of the network)."""
+    from models.seeded import decode_bundle
+    tickets = [ticket_from_checkpoint(cfg, ckpt, path, name, info, device)
+               for name, ckpt in decode_bundle(load_checkpoint(path), path)]
+    log.info("bundle %s: %d tickets: %s", path, len(tickets), ", ".join(f"{t.name} (k={t.prune_rate:g})" for t in tickets))
+    return tickets, []
 
 
 def selection_record(ckpt):
@@ -136,7 +150,8 @@ def selection_record(ckpt):
 
 
 def resolve_pretrained(cfg):
-    """(folder, source file or None) from ``--pretrained`` (a ticket file, or a folder)."""
+    """(folder, source file or None) from ``--pretrained`` (a ticket file, or a folder); a
+    ``tickets.py bundle`` file stands for the folder of its members: (the file, None)."""
     path = cfg.pretrained
     if not path:
         raise UserError("test_trans.py needs --pretrained DIR/<net>_<k>.pth (the source ticket; every "
@@ -148,15 +163,24 @@ def resolve_pretrained(cfg):
         return path, None
     if not os.path.isfile(path):
         raise UserError(f"source ticket '{path}' not found")
+    from models.seeded import is_bundle
+    if is_bundle(load_checkpoint(path)):  # tickets.py bundle: its members are the tickets
+        if not (cfg.all_sources or cfg.r2s):
+            raise UserError(f"--pretrained '{path}' is a ticket bundle: pass --r2s and/or --all_sources to use "
+                            "its tickets")
+        return os.path.abspath(path), None
     return os.path.dirname(os.path.abspath(path)), os.path.abspath(path)
 
 
 def load_tickets(cfg, folder, info, device, source=None):
-    """Every usable ticket in ``folder`` (sorted) and the list of skipped files with reasons.
+    """Every usable ticket in ``folder`` (sorted) and the list of skipped files with reasons
+    (or every member of ``folder`` when it is a bundle file, see ``resolve_pretrained``).
 
     A file that cannot be used as a ticket is skipped with a warning, unless it is
     the source, which is an error. No usable ticket at all is an error.
     """
+    if os.path.isfile(folder):
+        return bundle_tickets(cfg, folder, info, device)
     files = ticket_files(folder)
     if not files:
         raise UserError(f"no checkpoints ({', '.join(CHECKPOINT_EXTENSIONS)}) in '{folder}'")

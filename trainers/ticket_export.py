@@ -1,6 +1,9 @@
 """``tickets.py export``: a checkpoint (or run directory) -> a self-contained ticket file and model card.
 
-The ticket (``utils.ticket_format``) keeps, per masked layer, the bit-packed mask
+A search's ticket is written seeded (``trainers.ticket_seeded``: seed, flags, masks
+entropy-coded, BatchNorm statistics) when its kept weights are its seed's random
+initialisation; otherwise, or with ``--portable``, in the portable format below.
+The portable ticket (``utils.ticket_format``) keeps, per masked layer, the bit-packed mask
 and the kept weights in the fewest bits that rebuild them exactly: a signed
 constant init (every kept weight +-c) is one sign bit per kept weight plus c,
 checked bit for bit; other inits keep the kept weights themselves. Everything
@@ -16,9 +19,11 @@ import os
 import torch
 
 from models.conv_type import topk_keep
+from models.seeded import to_file
+from trainers.ticket_seeded import NotSeeded, encode_seeded, masked_prefixes
 from utils.checkpoint import atomic_save, extract_state_dict, load_checkpoint
 from utils.errors import UserError
-from utils.ticket_format import FORMAT, VERSION, broadcast_keep, pack_bits
+from utils.ticket_format import FORMAT, SEEDED_VERSION, VERSION, broadcast_keep, pack_bits
 
 # layer types whose mask is the top-k of |scores| (the mask a ticket stores); Sample/Fixed layers are not
 TOPK_TYPES = (None, "SubnetConv", "SubnetConv_filter", "SubnetConv_kernel", "SubnetConv_row")
@@ -131,14 +136,21 @@ def accuracy_of(ckpt, ckpt_path, results):
             "protocol": main_protocol(SimpleNamespace(**config)) if config else None, "source": "checkpoint"}
 
 
-def model_card(ckpt, ckpt_path, results_path, ticket):
+def weight_encodings(ticket):
+    """How the file holds the kept weights: 'seeded' (regenerated), else each layer's encoding."""
+    if ticket.get("weights") == "seeded":
+        return ["seeded"]
+    return sorted({e["encoding"] for e in ticket["layers"].values()})
+
+
+def model_card(ckpt, ckpt_path, results_path, ticket, n_masked):
     config = ticket["config"]
     results = None
     if results_path:
         with open(results_path) as fh:
             results = json.load(fh)
-    n_masked = sum(torch.Size(e["weight_shape"]).numel() for e in ticket["layers"].values())
-    encodings = sorted({e["encoding"] for e in ticket["layers"].values()})
+    encodings = weight_encodings(ticket)
+    layout = "seeded" if ticket["version"] == SEEDED_VERSION else "portable"
     return {"dataset": config.get("set"), "arch": ticket["arch"], "width_mult": config.get("width_mult"),
             "k": ticket["prune_rate"], "task": ticket["task"], "init": config.get("init"),
             "conv_type": config.get("conv_type") or "SubnetConv",
@@ -148,7 +160,8 @@ def model_card(ckpt, ckpt_path, results_path, ticket):
                              train_seconds=(results or {}).get("train_seconds")),
             "checkpoint": {"file": os.path.abspath(ckpt_path), "sha256": sha256(ckpt_path),
                            "bytes": os.path.getsize(ckpt_path)},
-            "ticket": {"format": f"{FORMAT} v{VERSION}", "masked_weights": n_masked, "weight_encodings": encodings}}
+            "ticket": {"format": f"{FORMAT} v{ticket['version']} ({layout})", "masked_weights": n_masked,
+                       "weight_encodings": encodings}}
 
 
 def card_markdown(card):
@@ -161,6 +174,8 @@ def card_markdown(card):
             ("robust protocol", json.dumps(acc["protocol"], sort_keys=True)),
             ("training budget", ", ".join(f"{k}={v}" for k, v in train.items() if v is not None)),
             ("checkpoint sha256", card["checkpoint"]["sha256"]),
+            ("ticket format", card["ticket"]["format"] + (f"; not seeded: {card['ticket']['not_seeded']}"
+                                                          if card["ticket"].get("not_seeded") else "")),
             ("sizes (bytes)", f"ticket {card['ticket'].get('bytes')}, checkpoint {card['checkpoint']['bytes']}")]
     lines = [f"# Ticket card: {card['arch']} on {card['dataset']}, k = {card['k']:g}", "",
              "| field | value |", "|---|---|"]
@@ -168,9 +183,11 @@ def card_markdown(card):
     return "\n".join(lines) + "\n"
 
 
-def verify(ticket_path, ckpt, k):
-    """Reload the written ticket; every masked weight and mask must match the checkpoint's."""
-    decoded = extract_state_dict(load_checkpoint(ticket_path), ticket_path)
+def verify(ticket_path, ckpt, k, decoded=None):
+    """Reload the written ticket (or check ``decoded``, its state dict); every kept weight, mask and
+    other tensor must match the checkpoint's."""
+    if decoded is None:
+        decoded = extract_state_dict(load_checkpoint(ticket_path), ticket_path)
     state = extract_state_dict(ckpt)
     for key, value in decoded.items():
         if key.endswith("weight") and key[:-6] + "scores" in decoded:
@@ -178,23 +195,41 @@ def verify(ticket_path, ckpt, k):
         if key.endswith("scores") and key[:-6] + "weight" in decoded:
             keep = topk_keep(state[key], k)
             weight = key[:-6] + "weight"
-            same = torch.equal(value.bool(), keep) and torch.equal(
-                decoded[weight], state[weight] * broadcast_keep(keep, state[weight].shape))
+            kept = broadcast_keep(keep, state[weight].shape)  # a seeded ticket also gives the pruned weights
+            same = torch.equal(value.bool(), keep) and torch.equal(decoded[weight] * kept, state[weight] * kept)
         else:
             same = torch.equal(value, state[key])
         if not same:
             raise UserError(f"ticket '{ticket_path}' does not reproduce '{key}'; nothing kept")
 
 
-def export(path, out):
-    """Write the ticket ``out`` and its card (``<out stem>.card.md`` / ``.card.json``); returns the card."""
+def choose_encoding(ckpt, ckpt_path, portable):
+    """(ticket dict, why it is not seeded or None): seeded unless ``portable`` or the weights are not the seed's."""
+    if portable:
+        return encode_ticket(ckpt, ckpt_path), "--portable"
+    k, config = check_exportable(ckpt, ckpt_path)
+    try:
+        return encode_seeded(ckpt, extract_state_dict(ckpt, ckpt_path), k, config, ckpt_path), None
+    except NotSeeded as exc:
+        return encode_ticket(ckpt, ckpt_path), str(exc)
+
+
+def export(path, out, portable=False):
+    """Write the ticket ``out`` and its card (``<out stem>.card.md`` / ``.card.json``); returns the card.
+
+    Seeded (``models.seeded``) when the checkpoint's kept weights are its seed's random
+    initialisation and ``portable`` is false; else portable (``utils.ticket_format``).
+    """
     ckpt_path, results_path = find_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
     if not isinstance(ckpt, dict):
         raise UserError(f"'{ckpt_path}' holds no checkpoint dict")
-    ticket = encode_ticket(ckpt, ckpt_path)
-    ticket["card"] = model_card(ckpt, ckpt_path, results_path, ticket)
-    atomic_save(ticket, out)
+    ticket, not_seeded = choose_encoding(ckpt, ckpt_path, portable)
+    state = extract_state_dict(ckpt, ckpt_path)
+    n_masked = sum(state[p + "weight"].numel() for p in masked_prefixes(state))
+    ticket["card"] = model_card(ckpt, ckpt_path, results_path, ticket, n_masked)
+    ticket["card"]["ticket"]["not_seeded"] = not_seeded
+    atomic_save(to_file(ticket) if ticket["version"] == SEEDED_VERSION else ticket, out)
     try:
         verify(out, ckpt, ticket["prune_rate"])
     except UserError:

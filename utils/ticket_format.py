@@ -14,10 +14,16 @@ only tensors, strings, numbers, lists and dicts, so loading runs no code:
 * ``tensors``: every other state-dict entry as it is (BatchNorm statistics, dense layers);
   ``order``: the state dict's key order.
 
+That is the portable format (version 1): it loads wherever torch does. Version 2,
+``weights`` = ``"seeded"``, is a search's ticket as its seed and entropy-coded masks
+(``models.seeded``, written by ``trainers.ticket_seeded``).
+
 ``decode_ticket`` returns a checkpoint dict (``state_dict`` with pruned weights 0
 and scores = the 0/1 mask, whose top-k is that mask) that every loader of
 ``--pretrained`` accepts.
 """
+import json
+import zlib
 from collections import OrderedDict
 
 import torch
@@ -25,6 +31,7 @@ import torch
 from utils.errors import UserError
 
 FORMAT, VERSION = "rst-ticket", 1
+SEEDED_VERSION = 2  # a seeded ticket (models.seeded): seed, flags, entropy-coded masks, BN statistics
 _BIT_VALUES = (128, 64, 32, 16, 8, 4, 2, 1)
 
 
@@ -84,8 +91,17 @@ def decode_layer(entry, path):
 
 def decode_ticket(ticket, path="ticket"):
     """A ticket dict -> a checkpoint dict (arch, prune_rate, config, state_dict, card)."""
+    if ticket.get("version") == SEEDED_VERSION and ticket.get("weights") == "seeded":
+        # the one import from utils up into models: a seeded ticket's weights come from the model
+        # builder, and every loader of --pretrained passes through load_checkpoint -> here
+        from models.seeded import decode_seeded
+        try:
+            return decode_seeded(ticket, path)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"seeded ticket '{path}' is damaged ({type(exc).__name__}: {str(exc)[:80]})") from None
     if ticket.get("version") != VERSION:
-        raise UserError(f"ticket '{path}' has format version {ticket.get('version')}; this code reads {VERSION}")
+        raise UserError(f"ticket '{path}' has format version {ticket.get('version')}; this code reads {VERSION} "
+                        f"(portable) and {SEEDED_VERSION} (seeded)")
     state = {}
     for prefix, entry in ticket["layers"].items():
         state[prefix + "weight"], state[prefix + "scores"] = decode_layer(entry, path)
@@ -94,3 +110,45 @@ def decode_ticket(ticket, path="ticket"):
     state = OrderedDict((k, state[k]) for k in order + [k for k in state if k not in order])
     return {"arch": ticket.get("arch"), "prune_rate": ticket.get("prune_rate"), "task": ticket.get("task"),
             "config": ticket.get("config"), "card": ticket.get("card"), "state_dict": state}
+
+
+def pack_tensors(tensors):
+    """{name: tensor} -> one flat tensor per dtype (torch.save writes each tensor as its own zip record,
+    about 150 bytes apiece) plus the names and shapes; inverse: :func:`unpack_tensors`."""
+    groups, layout = {}, []
+    for name, t in tensors.items():
+        dtype = str(t.dtype).replace("torch.", "")
+        groups.setdefault(dtype, []).append(t.detach().cpu().reshape(-1))
+        layout.append([name, dtype, list(t.shape)])
+    return {"layout": layout, "data": {d: torch.cat(ts) for d, ts in groups.items()}}
+
+
+def unpack_tensors(packed, path="ticket"):
+    out, offsets = OrderedDict(), {}
+    try:
+        for name, dtype, shape in packed["layout"]:
+            start, n = offsets.get(dtype, 0), 1
+            for d in shape:
+                n *= int(d)
+            data = packed["data"][dtype]
+            if start + n > data.numel() or data.dtype != _dtype(dtype):
+                raise ValueError(f"{name} runs past its {dtype} data")
+            out[name] = data[start:start + n].view(tuple(shape)).clone()
+            offsets[dtype] = start + n
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise UserError(f"ticket '{path}' is damaged ({type(exc).__name__}: {str(exc)[:80]})") from None
+    return out
+
+
+def json_tensor(obj):
+    """A JSON-able object as a uint8 tensor of its zlib-compressed JSON: a seeded ticket's header
+    (flags, card, layer index) in about a third of its pickled size and one zip record."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    return torch.frombuffer(bytearray(zlib.compress(text, 9)), dtype=torch.uint8)
+
+
+def tensor_json(t, path="ticket"):
+    try:
+        return json.loads(zlib.decompress(t.numpy().tobytes()))
+    except (zlib.error, ValueError, AttributeError, TypeError) as exc:
+        raise UserError(f"ticket '{path}' is damaged (its header: {type(exc).__name__})") from None
