@@ -170,7 +170,7 @@ def test_calibration_rule_picks_the_smallest_radius_in_range():
 def test_spec_files_parse():
     from experiments.spec import load_spec
     spec = load_spec("calibration", "digits")
-    assert spec["radii"] == [8, 16, 32, 48, 64, 96] and len(spec["archs"]) == 2 and spec["seeds"] >= 2
+    assert spec["radii"] == [8, 16, 32, 48, 64] and len(spec["archs"]) == 2 and spec["seeds"] >= 2
     for fig in ("existence", "property", "application"):
         digits_, eps8 = load_spec(fig, "digits"), load_spec(fig, "digits-eps8")
         assert eps8["flags"]["epsilon"] == 8 and digits_["seeds"] == 5
