@@ -66,14 +66,15 @@ def _part(d, threshold, verdict):
     return verdict, seeds_needed(d, threshold), d["mean"] is not None and d["mean"] >= threshold
 
 
-def existence_claims(rows, metric=ROBUST):
+def existence_claims(rows, attack="PGD-20"):
+    """C1a and C1b per architecture, on ``best_robust_acc1`` (``attack`` names what measured it)."""
     out = []
     for model in dict.fromkeys(r["model"] for r in rows if r.get("panel") == "main"):
         arch = next((r.get("arch") for r in rows if r.get("model") == model), None)
         drop = dense_drop(rows, model=model, variant="dense AT", panel="main")
-        dense = by_seed(rows, metric, model=model, variant="dense AT", panel="main")
+        dense = by_seed(rows, ROBUST, model=model, variant="dense AT", panel="main")
         ks = ks_of(rows, model=model, variant="RST", panel="main")
-        shares = {k: scaled(paired(by_seed(rows, metric, model=model, variant="RST", k=k, panel="main"), dense),
+        shares = {k: scaled(paired(by_seed(rows, ROBUST, model=model, variant="RST", k=k, panel="main"), dense),
                             drop["mean"]) for k in ks}
         verdicts = [at_least(shares[k], -rules.MATCH_SHARE) for k in ks]
         need = min(3, len(ks))
@@ -83,24 +84,20 @@ def existence_claims(rows, metric=ROBUST):
         out.append(claim(
             f"C1a {model}", "RSTs match or surpass the robust accuracy of the dense adversarially trained "
             "network over a wide range of k.", paper_text,
-            f"(RST − dense AT {_name(metric)}) / dense AT's drop, per k, paired by seed; a k matches when the "
+            f"(RST − dense AT {attack} accuracy) / dense AT's drop, per k, paired by seed; a k matches when the "
             f"interval's lower end is >= −{rules.MATCH_SHARE:g}; holds if at least {need} k match",
             [f"dense AT drop (natural − PGD-20): {fmt(drop)} points"]
             + [f"k = {k:g}: {rules.fmt_share(shares[k])} ({v})" for k, v in zip(ks, verdicts)],
             verdict, {"quantity": "(RST − dense AT) / dense drop", "value": -rules.MATCH_SHARE,
                       "paper": paper_share}, rules.claim_seeds(parts, need, verdict)))
-        out.append(shape_claim(rows, model, ks, drop, metric))
+        out.append(shape_claim(rows, model, ks, drop))
     return out
 
 
-def _name(metric):
-    return "AutoAttack accuracy" if metric == "aa_robust_acc1" else "PGD-20 accuracy"
-
-
-def shape_claim(rows, model, ks, drop, metric=ROBUST):
+def shape_claim(rows, model, ks, drop):
     """C1b: the curve rises from the smallest k to its best k and falls from it to the largest k; the
     best k is chosen on the selection split (``best_acc1``: the hold-out's PGD-20), judged on the test."""
-    curves = {k: by_seed(rows, metric, model=model, variant="RST", k=k, panel="main") for k in ks}
+    curves = {k: by_seed(rows, ROBUST, model=model, variant="RST", k=k, panel="main") for k in ks}
     chooser = {k: _d(by_seed(rows, SELECTED, model=model, variant="RST", k=k, panel="main"))["mean"] for k in ks}
     known = [k for k in ks if _d(curves[k])["mean"] is not None and chooser[k] is not None]
     if len(known) < 3:
@@ -296,7 +293,8 @@ def as_main(rows):
 def existence_all(rows):
     """A0 (the AutoAttack gap, when measured), then C1a/C1b on PGD-20 or, past AA_GAP, AutoAttack numbers."""
     a0, use_aa = autoattack_claim(rows)
-    return ([a0] if a0 else []) + existence_claims(as_main(rows) if use_aa else rows)
+    return ([a0] if a0 else []) + (existence_claims(as_main(rows), "AutoAttack") if use_aa else
+                                   existence_claims(rows))
 
 
 CLAIMS = {"existence": existence_all, "property": property_claims, "application": application_claims}

@@ -55,6 +55,7 @@ def _curve(ax, label, xs, ys, style):
     yerr, unsettled = style.pop("yerr", None), style.pop("unsettled", None)
     if yerr is not None and any(e is not None for e in yerr):
         ax.errorbar(xs, ys, yerr=[e or 0.0 for e in yerr], label=label, capsize=3, **style)
+        _mark_clipped(ax, xs, ys, yerr, style.get("color"))
     else:
         ax.plot(xs, ys, label=label, **style)
     bad = [(x, y) for x, y, u in zip(xs, ys, unsettled or []) if u]
@@ -63,6 +64,18 @@ def _curve(ax, label, xs, ys, style):
         ax.plot([x for x, _ in bad], [y for _, y in bad], linestyle="none", marker="o", markersize=10,
                 markerfacecolor="none", markeredgecolor="red",
                 label=None if label in ax.get_legend_handles_labels()[1] else label)
+
+
+CLIPPED = "95% interval clipped at 100"
+
+
+def _mark_clipped(ax, xs, ys, yerr, color):
+    """A caret at 100 where a 95% interval reaches past 100% (the axis stops there, the interval does not)."""
+    over = [x for x, y, e in zip(xs, ys, yerr) if y is not None and e and y + e > 100]
+    if over:
+        seen = CLIPPED in ax.get_legend_handles_labels()[1]
+        ax.plot(over, [100] * len(over), linestyle="none", marker="^", markersize=6, color=color or "black",
+                clip_on=False, label=None if seen else CLIPPED)
 
 
 def k_panel(ax, panel):
@@ -77,7 +90,8 @@ def k_panel(ax, panel):
             band = style.pop("band", None)
             ax.axhline(value, label=label, **dict({"linestyle": "--"}, **style))
             if band:
-                ax.axhspan(value - band, value + band, alpha=0.12, color=style.get("color", "gray"))
+                ax.axhspan(value - band, value + band, alpha=0.12, color=style.get("color", "gray"),
+                           label=f"{label}: 95% interval over seeds")
     for entry in panel.get("faint", []):
         color = entry[-1] if isinstance(entry[-1], str) and entry[-1].startswith("C") else "gray"
         if entry[0] == "curve":
@@ -110,7 +124,10 @@ def heatmap(ax, fig, ks, rows, natural, title, decimals=1):
     import numpy as np
 
     data = np.asarray([natural] + rows, dtype=float)
-    image = ax.imshow(data, cmap="viridis", vmin=0.0, vmax=100.0, aspect="auto")
+    low, high = float(np.nanmin(data)), float(np.nanmax(data))
+    pad = max(0.5, 0.05 * (high - low))  # the colour scale spans the data (0-100 made every cell one colour)
+    low, high = max(0.0, low - pad), min(100.0, high + pad)
+    image = ax.imshow(data, cmap="viridis", vmin=low, vmax=high, aspect="auto")
     ax.set_xticks(range(len(ks)), labels=[f"{k:g}" for k in ks])
     ax.set_yticks(range(len(rows) + 1), labels=["natural"] + [f"{k:g}" for k in ks])
     ax.axhline(0.5, color="white", linewidth=2)
@@ -119,9 +136,9 @@ def heatmap(ax, fig, ks, rows, natural, title, decimals=1):
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
             ax.text(j, i, f"{data[i, j]:.{decimals}f}", ha="center", va="center", fontsize=7,
-                    color="black" if data[i, j] > 60 else "white",
+                    color="black" if data[i, j] > (low + high) / 2 else "white",
                     fontweight="bold" if i > 0 and i - 1 == j else "normal")
-    fig.colorbar(image, ax=ax, label="accuracy (%)", fraction=0.046)
+    fig.colorbar(image, ax=ax, label=f"accuracy (%); colours span the data, {low:.1f}-{high:.1f}", fraction=0.046)
     ax.set_title(textwrap.fill(title, 70), fontsize=9)
 
 

@@ -132,6 +132,10 @@ PROPERTY_CURVES = (("a", "RST", "RST"), ("a", "ft_inherit", "fine-tuned, inherit
                    ("b", "RTT (adversarial)", "RTT from an adversarially trained net"))
 
 
+# one colour per method in every panel (and dense AT grey)
+VARIANT_COLORS = {"RST": "C0", "ft_inherit": "C1", "ft_reinit": "C2", "RTT (natural)": "C3", "RTT (adversarial)": "C4"}
+
+
 def property_(spec, points, fig_dir):
     rows, summary = gather("property", spec, points)
     dense = _hline(rows_by(summary, variant="dense (adversarial)"), ROBUST, {"color": "gray"})
@@ -139,9 +143,9 @@ def property_(spec, points, fig_dir):
     for panel, variant, label in PROPERTY_CURVES:
         panels.setdefault(panel, {"curves": [], "ylabel": "PGD-20 accuracy (%)",
                                   "hlines": [("dense AT robust", *dense)]})
-        i = len(panels[panel]["curves"])
         c = curve_ci(rows_by(summary, variant=variant), ROBUST)
-        panels[panel]["curves"].append((label, *c[:2], {"color": f"C{i}", "yerr": c[2], "unsettled": c[3]}))
+        panels[panel]["curves"].append((label, *c[:2], {"color": VARIANT_COLORS[variant], "yerr": c[2],
+                                                        "unsettled": c[3]}))
     panels["a"]["title"] = f"(a) fine-tuning RSTs: {spec['arch']['label']}"
     panels["b"]["title"] = f"(b) RTTs vs RSTs: {spec['arch']['label']}"
     variants = list(dict.fromkeys(v for _, v, _ in PROPERTY_CURVES))
@@ -193,14 +197,18 @@ def application(spec, points, fig_dir):
                                       [["natural"] + natural] + [[f"{k:g}"] + r for k, r in zip(ks, rows_p)])))
     dense = next(iter(rows_by(summary, variant="dense AT")), {})
     r2s = next(iter(rows_by(summary, variant="r2s")), {})
+    n_src = len({r["k"] for r in rows_by(summary, variant="RST")})
+    paper_label = f"PGD-20 transferred (paper), minimum over {n_src} source tickets"
     groups = [("dense AT", [("natural", NATURAL, dense), ("PGD-20 (white-box)", ROBUST, dense)]),
-              ("R2S", [("natural", "r2s_natural", r2s), ("PGD-20 transferred (paper)", "r2s_transfer_paper", r2s),
-                       ("PGD-20 transferred (strong)", "r2s_transfer_strong", r2s),
-                       ("worst case (adaptive)", "r2s_worst_case", r2s)])]
+              ("R2S", [("natural", "r2s_natural", r2s),
+                       (paper_label, "r2s_transfer_paper", r2s),
+                       (f"PGD-20 transferred (strong), minimum over {n_src} source tickets", "r2s_transfer_strong",
+                        r2s),
+                       ("worst case per example over every attack (transfer and adaptive)", "r2s_worst_case", r2s)])]
     bars = [(g, [(label, row.get(m)) for label, m, row in items]) for g, items in groups]
     errors = {(g, label): row.get(f"{m}_ci95") for g, items in groups for label, m, row in items}
     table = [[g] + [mean_ci(row, m) for _, m, row in items] + [None] * (4 - len(items)) for g, items in groups]
-    faint = application_paper(spec, points, table)
+    faint = application_paper(spec, points, table, paper_label)
     sections.insert(0, ("R2S vs dense adversarial training",
                         md_table(["model", "natural", "PGD-20 (white-box / transferred, paper protocol)",
                                   "PGD-20 transferred (strong)", "worst case (strongest adaptive)"], table)))
@@ -214,14 +222,14 @@ def application(spec, points, fig_dir):
                                                               "Transfer between RSTs and R2S", caption(spec), errors))
 
 
-def application_paper(spec, points, table):
+def application_paper(spec, points, table, transfer_label):
     """The paper's bars (cifar10 profile), also appended to ``table``; None without ``paper_overlay``."""
     arch = points[0].config().arch if points else None
     if not spec.get("paper_overlay") or arch not in paper.R2S:
         return None
     ref, arch_dense = paper.R2S[arch], paper.DENSE.get(arch, {})
     faint = {"dense AT": [("natural", arch_dense.get("natural")), ("PGD-20 (white-box)", arch_dense.get("robust"))],
-             "R2S": [("natural", ref["natural"]), ("PGD-20 transferred (paper)", ref["transfer"])]}
+             "R2S": [("natural", ref["natural"]), (transfer_label, ref["transfer"])]}
     table += [["paper " + g] + [v for _, v in items] + [None] * (4 - len(items)) for g, items in faint.items()]
     return faint
 
