@@ -173,12 +173,20 @@ def test_strong_is_never_above_paper_even_when_the_highest_loss_iterate_is_weake
 def test_all_sources_and_r2s_in_one_run(ticket_dir, tmp_path):
     out = test_trans.main(FLAGS + ["--pretrained", str(ticket_dir), "--all_sources", "--r2s", "--n_eval", "8",
                                    "--eot_samples", "2", "--eot_steps", "2", "--eval_passes", "1", "--epsilon", "2",
+                                   "--eval_step", "1.5",
                                    "--seed", "0", "--workers", "0", "--log-dir", str(tmp_path), "--name", "both"])
     run = tmp_path / "no_config" / "both" / "prune_rate=0.0" / "transfer" / "width_mult=0.125"
     with open(run / "transfer_matrix.json") as fh:
-        assert json.load(fh)["matrices"] == out["matrices"]
+        matrix = json.load(fh)
+    assert matrix["matrices"] == out["matrices"]
+    steps = [matrix["protocols"][p]["step_size"] for p in ("paper", "strong")] + [matrix["robust_protocol"]["step_size"]]
+    assert steps == [1.5, 1.5, 1.5]  # --eval_step, recorded where it ran
     with open(run / "r2s.json") as fh:
         r2s = json.load(fh)
+    assert {name: a["protocol"]["step_size"] for name, a in r2s["attacks"].items()
+            if isinstance(a, dict) and "protocol" in a and a["protocol"].get("step_size") is not None} == {
+        name: 1.5 for name in ("transfer_paper", "transfer_strong", "transfer_paper_min", "transfer_strong_min",
+                               "switch_pgd20", "eot_pgd", "ensemble_pgd", "arc")}
     assert r2s["natural_acc1"] == out["r2s"]["natural_acc1"]
     for s, name in enumerate(out["files"]):  # R2S's transfer rows are the matrix's own examples
         assert r2s["attacks"]["transfer_paper"][name]["mean"] == pytest.approx(sum(out["matrices"]["paper"][s]) / 3)
