@@ -177,7 +177,8 @@ def test_test_trans_evaluates_single_tickets_with_autoattack(tmp_path):
         cfg, model = ticket_of(network, k, x, seed=i)
         save_ticket(tmp_path / f"net_{k}.pth", cfg, model, k)
     out = test_trans.main(FLAGS + ["--pretrained", str(tmp_path / "net_0.9.pth"), "--eval_attack", "autoattack",
-                                   "--aa_steps", "5", "--n_eval", "8", "--epsilon", "8", "--workers", "0",
+                                   "--aa_steps", "5", "--aa_queries", "100", "--n_eval", "8", "--epsilon", "8",
+                                   "--workers", "0",
                                    "--log-dir", str(tmp_path / "runs"), "--name", "aa"])
     paper = out["matrices"]["paper"]
     assert out["robust_attack"] == "autoattack" and len(paper) == 1 and len(paper[0]) == 2
@@ -186,6 +187,9 @@ def test_test_trans_evaluates_single_tickets_with_autoattack(tmp_path):
     protocol = out["robust_protocol"]
     assert protocol["version"] == "standard" and protocol["steps"] == 5 and len(protocol["seeds"]) == 2
     assert protocol["implementation"].startswith("pyautoattack") and protocol["amp"].startswith("none")
+    assert protocol["aa_queries"] == 100 and protocol["autoattack"]["settings"]["square"]["n_queries"] == 100
+    assert {"square n_queries 100 (reference 5000)", "apgd-ce n_iter 5 (reference 100)"} <= set(protocol["reduced"])
+    assert out["robust_label"] == "autoattack (reduced)", "a reduced AutoAttack is labelled so"
 
 
 D, SIGMA, MARGIN = 400, 5.0, 0.92  # input size, gradient noise, margin as a fraction of the reachable drop
