@@ -1,30 +1,32 @@
 """The evaluation side held to the training side's mutation standard: each weakening of an
 evaluation attack that a reviewer planted, and the test that fails on it.
 
-Planted in the code (one line each), the named test run, seen to fail, the line reverted
-(issue 24; "planted" = seen failing in that session, "by reading" = what the test asserts
-covers the weakening, not re-planted there):
+Planted in the code (the line shown, or its equivalent), the named tests run, seen to fail,
+the line reverted with ``git checkout`` (issue 24). "planted": seen failing that way;
+"by reading": the test's assertions cover it, not re-planted then.
 
-| weakening | test that fails | |
+| weakening (planted line) | test that fails | |
 |---|---|---|
-| AA-rand replaced by the reference's rand cascade (unbroken examples come back clean) | test_autoattack.py::test_autoattack_rand_needs_its_eot_passes_and_attacks_every_example | planted |
-| R2S EOT-PGD / ensemble PGD / ARC / switch PGD-20 with half the step (``STEP = 1 / 255``) | test_every_r2s_attack_takes_its_step_and_iterations | planted |
-| ... and r2s.json still saying step 2 | test_r2s_json_records_what_ran_and_its_headline_agrees | planted |
-| AA-rand's expected correctness from 2 members instead of all | test_rand_tracker_expectation_is_exact_over_members | planted |
-| ARC from the clean input instead of a random start | test_adaptive_attacks_start_from_a_random_start | planted |
-| AA-rand with one EOT pass instead of 20 | test_autoattack.py::test_autoattack_rand_needs_its_eot_passes_and_attacks_every_example | by reading |
+| AA-rand replaced by the reference's rand cascade, which returns unbroken examples clean (``return _in_ball(x, aa.run_standard_evaluation(xf, y, batch_size=len(y))[0], epsilon)`` before the APGD loop) | test_autoattack.py::test_autoattack_rand_needs_its_eot_passes_and_attacks_every_example | planted |
+| R2S attacks with half the step (``STEP = 1 / 255`` in evaluation/r2s_eval.py) | test_every_r2s_attack_takes_its_step_and_iterations | planted |
+| EOT-PGD halving its step inside (``_strongest_iterate(x, y, epsilon, step / 2, ...)``) | test_every_r2s_attack_takes_its_step_and_iterations, test_r2s_json_records_what_ran_and_its_headline_agrees | planted |
+| r2s.json step size a constant (``"step_size": 2.0`` in ``measured``) | test_r2s_json_records_what_ran_and_its_headline_agrees | planted |
+| headline protocol not taken from the per-attack ones (``aa_steps: null``) | test_r2s_json_records_what_ran_and_its_headline_agrees | planted |
+| AA-rand's expected correctness from 2 members (``for v in self.views[:2]``) | test_rand_tracker_expectation_is_exact_over_members | planted |
+| ARC from the clean input (``delta = torch.zeros_like(x)``) | test_adaptive_attacks_start_from_a_random_start[arc] | planted |
+| AA-rand with one EOT pass (``aa.apgd.eot_iter = 1``) | test_autoattack.py::test_autoattack_rand_needs_its_eot_passes_and_attacks_every_example | planted |
+| fewer Square queries not labelled reduced (``n_queries`` left out of ``aa_cost.COMPARED``) | test_reduced_autoattack_is_labelled_in_every_record, test_autoattack.py::test_test_trans_evaluates_single_tickets_with_autoattack | planted |
+| worst case within a pass only (``overall = within``) | test_r2s_eval.py::test_worst_case_is_the_per_example_minimum_over_attacks_and_passes | planted |
+| R2S strong transfer without the per-example min (``strong = correct["highest_loss"]...``) | test_r2s_eval.py::test_worst_case_includes_every_attack | planted |
+| matrix strong transfer without the min (``"strong": correct["highest_loss"]``) | test_transfer.py::test_strong_is_never_above_paper_even_when_the_highest_loss_iterate_is_weaker | planted |
+| early stop on a randomised model (``early_stop=True`` in pgd20) | test_attacks.py::test_random_models_are_attacked_without_early_stop | planted |
+| R2S natural accuracy from one member (``natural = clean[0].double()``) | test_r2s_eval.py::test_natural_is_the_members_mean_and_transfer_from_j_is_scored_on_every_member | planted |
+| EOT gradient sampled where the members are known (``if False:`` before the exact branch) | test_r2s_eval.py::test_exact_eot_gradient_is_the_mean_of_member_gradients | planted |
 | AutoAttack settings recorded from the config, not the objects that ran | test_autoattack.py::test_evaluate_cli_runs_the_reference_with_the_recorded_settings | by reading |
-| AutoAttack under autocast (not fp32) / the reference's RNG leaking | test_autoattack.py::test_autoattack_runs_in_fp32_with_the_reference_targets, ::test_autoattack_not_weaker_than_pgd20 | by reading |
-| fewer Square queries, or APGD iterations, not labelled reduced | test_reduced_autoattack_is_labelled_in_every_record | planted |
+| AutoAttack under autocast / the reference's seeding leaking into the caller | test_autoattack.py::test_autoattack_runs_in_fp32_with_the_reference_targets, ::test_autoattack_not_weaker_than_pgd20 | by reading |
 | main.py PGD-20 with another step, iteration count or no early stop | test_autoattack.py::test_evaluate_cli_wires_pgd20 | by reading |
-| early stop on a randomised model | test_attacks.py::test_random_models_are_attacked_without_early_stop | by reading |
-| strong transfer above paper (no per-example min) | test_transfer.py::test_strong_is_never_above_paper_even_when_the_highest_loss_iterate_is_weaker | by reading |
-| worst case missing an attack or a transfer protocol | test_r2s_eval.py::test_worst_case_includes_every_attack | by reading |
-| worst case taken within a pass only | test_r2s_eval.py::test_worst_case_is_the_per_example_minimum_over_attacks_and_passes | by reading |
-| EOT gradient sampled where the members are known | test_r2s_eval.py::test_exact_eot_gradient_is_the_mean_of_member_gradients | by reading |
 | ARC accepting against the clean point's expected accuracy | test_randomized.py::test_arc_compares_against_its_start_not_the_clean_point | by reading |
 | an R2S attack ascending the wrong sign / a broken acceptance rule | test_randomized.py::test_adaptive_attacks_lower_the_expected_accuracy | by reading |
-| R2S natural accuracy from one draw instead of every member | test_r2s_eval.py::test_natural_is_the_members_mean_and_transfer_from_j_is_scored_on_every_member | by reading |
 """
 import json
 import logging
