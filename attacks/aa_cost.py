@@ -91,7 +91,7 @@ class Progress:
 
     def _timed(self, perturb, model):
         def run(x, y, *args, **kwargs):
-            name = self.order[self.next]
+            name = self.order[min(self.next, len(self.order) - 1)]  # one batch per attack: the next in order
             start = time.perf_counter()
             out = perturb(x, y, *args, **kwargs)
             with torch.no_grad():

@@ -233,6 +233,18 @@ def test_reduced_autoattack_is_labelled_in_every_record(caplog):
     assert "REDUCED" not in protocol_text(dict(record, reduced=[]))
 
 
+def test_fewer_queries_re_measure_a_resumed_run_and_older_configs_ran_5000():
+    """A stored config from before --aa_queries ran Square's 5000 queries: resuming with the default
+    changes no protocol, with --aa_queries 7 it does (the run re-measures)."""
+    from utils.provenance import protocol_changes
+    from utils.run_dir import config_dict
+    flags = ["--attack_type", "pgd", "--eval_attack", "autoattack"]
+    old = config_dict(parse_config(flags))
+    del old["aa_queries"]
+    assert protocol_changes(old, parse_config(flags)) == []
+    assert protocol_changes(old, parse_config(flags + ["--aa_queries", "7"])) == ["aa_queries: 5000 -> 7"]
+
+
 def test_rand_progress_counts_the_examples_left(caplog):
     """AA-rand logs a line per attack (APGD-CE, APGD-DLR) with the examples its members still
     classify correctly: none of a switch whose members all fail, all of one never failing."""
