@@ -21,8 +21,11 @@ Expected correctness is exact over the members when the model has a finite membe
 (R2S), else the fraction of the iterate's own ``eot_iter`` forward passes that are
 correct. The clean image is never returned.
 
-Only the reference's iteration count (``--aa_steps``, default 100 = the reference's) can
-be changed, for cheap tests; APGD-T/FAB-T target at most ``classes - 1`` classes (the
+Only the reference's iteration count (``--aa_steps``, default 100 = the reference's) and
+Square's queries (``--aa_queries``, default 5000 = the reference's) can be changed, for
+quick checks: every record then lists the settings below the reference's under
+``reduced`` (``attacks.aa_cost``), and tables tag the number "(reduced)". Each attack
+logs a progress line (examples left robust, an estimate of the seconds left). APGD-T/FAB-T target at most ``classes - 1`` classes (the
 reference would index past the logits with fewer than 10 classes; recorded when so).
 Every run is in fp32 (autocast off), parameters out of autograd (FAB calls
 ``backward()``), and the caller's RNG state is kept (the reference seeds torch's global
@@ -30,10 +33,12 @@ RNG). The functions are ``(model, x, y, epsilon, ...) -> x_adv``; ``AutoAttackEv
 the callable ``--eval_attack autoattack`` builds, which records what ran.
 """
 import contextlib
+import time
 
 import torch
 import torch.nn.functional as F
 
+from attacks.aa_cost import Progress, reductions
 from attacks.pgd import input_grad_only, is_randomized, project
 from attacks.randomized import members
 
@@ -78,7 +83,19 @@ def build_reference(model, epsilon, version="standard", seed=0, device="cpu", n_
 
 
 def settings_of(aa):
-    """What the reference object ``aa`` runs, read off its attributes (radius in 1/255 units)."""
+    """What the reference object ``aa`` runs, read off its attributes (radius in 1/255 units);
+    ``reduced``: the settings below those of the reference's own object of that version."""
+    from pyautoattack import AutoAttack
+
+    per = _per_attack(aa)
+    reference = _per_attack(AutoAttack(torch.nn.Identity(), eps=aa.epsilon, norm="Linf", version=aa.version))
+    return {"implementation": reference_version(), "version": aa.version, "attacks": list(aa.attacks_to_run),
+            "settings": per, "seed": aa.seed, "epsilon": round(aa.epsilon * 255, 6), "fp32": True,
+            "reduced": reductions(per, reference)}
+
+
+def _per_attack(aa):
+    """{attack: its settings} of the reference object ``aa``."""
     per = {}
     for name in aa.attacks_to_run:
         if name in APGD_LOSS:
@@ -95,8 +112,7 @@ def settings_of(aa):
         elif name == "square":
             per[name] = {"n_queries": aa.square.n_queries, "restarts": aa.square.n_restarts,
                          "p_init": aa.square.p_init}
-    return {"implementation": reference_version(), "version": aa.version, "attacks": list(aa.attacks_to_run),
-            "settings": per, "seed": aa.seed, "epsilon": round(aa.epsilon * 255, 6), "fp32": True}
+    return per
 
 
 def num_classes(model, x):
@@ -119,6 +135,14 @@ def _in_ball(x, x_adv, epsilon):
     return (x + project(x, x_adv.to(x.dtype) - x, epsilon)).detach()
 
 
+def _add(record, ran):
+    """Append ``ran`` to ``record`` (when given); the 1-based number of the call, for progress lines."""
+    if record is None:
+        return 1
+    record.append(ran)
+    return len(record)
+
+
 def autoattack(model, x, y, epsilon, version="standard", seed=0, steps=None, n_queries=None, record=None):
     """AutoAttack adversarial examples for ``(x, y)``, inside the eps-ball and [0, 1].
 
@@ -133,9 +157,8 @@ def autoattack(model, x, y, epsilon, version="standard", seed=0, steps=None, n_q
     with _isolated(model, x):
         xf = x.float()
         aa = build_reference(model, epsilon, version, seed, x.device, num_classes(model, xf), steps, n_queries)
-        if record is not None:
-            record.append(dict(settings_of(aa), requested_version=version, every_example=False,
-                               early_stop_rule=CASCADE))
+        ran = dict(settings_of(aa), requested_version=version, every_example=False, early_stop_rule=CASCADE)
+        Progress(ran, len(y), _add(record, ran)).watch(aa)
         x_adv, _ = aa.run_standard_evaluation(xf, y, batch_size=len(y))
     return _in_ball(x, x_adv, epsilon)
 
@@ -149,6 +172,7 @@ class _Tracker(torch.nn.Module):
         super().__init__()
         self.model, self.views, self.y, self.eot_iter = model, members(model), y, 1
         self.calls, self.correct, self.ce = 0, 0.0, 0.0
+        self.scored = set()  # how many members each scored iterate was evaluated on
         self.best = x.clone()
         self.ok = torch.full((len(y),), float("inf"), dtype=torch.float64, device=y.device)
         self.loss = torch.full((len(y),), -float("inf"), device=y.device)
@@ -166,6 +190,7 @@ class _Tracker(torch.nn.Module):
             if first:
                 with torch.no_grad():
                     stacked = torch.stack([v(x).float() for v in self.views])
+                self.scored.add(len(stacked))
                 ce = torch.stack([F.cross_entropy(s, self.y, reduction="none") for s in stacked]).mean(0)
                 self._update(x, (stacked.argmax(2) == self.y).double().mean(0), ce)
             return
@@ -174,6 +199,14 @@ class _Tracker(torch.nn.Module):
         if last:
             self._update(x, self.correct / self.eot_iter, self.ce / self.eot_iter)
             self.correct, self.ce = 0.0, 0.0
+
+    def expectation(self):
+        """How the expected correctness was computed, from the member counts actually scored."""
+        if not self.views:
+            return f"mean over the iterate's {self.eot_iter} EOT passes"
+        if self.scored == {len(self.views)}:
+            return "exact over members"
+        return f"mean over {min(self.scored, default=0)} of {len(self.views)} members (not exact)"
 
     def _update(self, x, ok, loss):
         better = (ok < self.ok) | ((ok == self.ok) & (loss > self.loss))
@@ -193,20 +226,20 @@ def autoattack_rand(model, x, y, epsilon, seed=0, steps=None, eot_iter=None, rec
         if eot_iter is not None:
             aa.apgd.eot_iter = int(eot_iter)
         tracker.eot_iter = aa.apgd.eot_iter
-        if record is not None:
-            record.append(dict(settings_of(aa), requested_version=requested, every_example=True,
-                               early_stop_rule=EVERY_EXAMPLE,
-                               expectation="exact over members" if tracker.views else
-                               f"mean over the iterate's {aa.apgd.eot_iter} EOT passes",
-                               selection="per example the iterate with the lowest expected correctness, "
-                                         "then the highest mean cross-entropy"))
+        ran = dict(settings_of(aa), requested_version=requested, every_example=True, early_stop_rule=EVERY_EXAMPLE,
+                   selection="per example the iterate with the lowest expected correctness, then the highest "
+                             "mean cross-entropy")
+        progress = Progress(ran, len(y), _add(record, ran))
         aa.apgd.init_hyperparam(xf)
         for name in aa.attacks_to_run:
+            start = time.perf_counter()
             aa.apgd.loss = APGD_LOSS[name]
             torch.manual_seed(aa.get_seed())  # as the reference's APGDAttack.perturb, per attack
             for _ in range(aa.apgd.n_restarts):
                 tracker.calls = 0
                 aa.apgd.attack_single_run(xf, y)
+            progress.done(name, len(y), int((tracker.ok > 0).sum()), time.perf_counter() - start)
+        ran["expectation"] = tracker.expectation()  # what the scoring did, counted while it ran
     return _in_ball(x, tracker.best, epsilon)
 
 
@@ -236,9 +269,13 @@ class AutoAttackEval:
 
 def autoattack_from_config(cfg, seed=None):
     """The evaluation attack for ``--eval_attack autoattack`` (eps = --epsilon/255)."""
-    steps = int(getattr(cfg, "aa_steps", 100))
     return AutoAttackEval(cfg.epsilon / 255, getattr(cfg, "aa_version", "standard"),
-                          int(cfg.seed or 0) if seed is None else int(seed), steps)
+                          int(cfg.seed or 0) if seed is None else int(seed), *_budget(cfg))
+
+
+def _budget(cfg):
+    """(APGD/FAB iterations, Square queries) from --aa_steps and --aa_queries (the reference's 100, 5000)."""
+    return int(getattr(cfg, "aa_steps", 100)), int(getattr(cfg, "aa_queries", 5000))
 
 
 def configured_settings(cfg, randomized=False):
@@ -247,5 +284,5 @@ def configured_settings(cfg, randomized=False):
     model: the protocol of results written without an AutoAttack run at hand."""
     requested = getattr(cfg, "aa_version", "standard")
     aa = build_reference(torch.nn.Identity(), cfg.epsilon / 255, "rand" if randomized else requested,
-                         int(cfg.seed or 0), steps=int(getattr(cfg, "aa_steps", 100)))
+                         int(cfg.seed or 0), steps=_budget(cfg)[0], n_queries=_budget(cfg)[1])
     return dict(settings_of(aa), requested_version=requested, early_stop_rule=EVERY_EXAMPLE if randomized else CASCADE)

@@ -267,7 +267,8 @@ def _arc_local_step(model, views, x, y, delta, ok_start, epsilon, step):
 
 
 @RANDOMIZED_ATTACKS.register("switch_pgd20")
-def switch_pgd20(model, x, y, epsilon, step=2 / 255):
-    """PGD-20 (step ``step``, [0, 1] units) through the random switch, without early stop; the last iterate."""
-    return pgd20(model, x, y, epsilon, step=step)
+def switch_pgd20(model, x, y, epsilon, step=2 / 255, iters=20, restarts=1):
+    """PGD-20 (step ``step``, [0, 1] units) through the random switch, without early stop (``attacks.pgd.pgd20``
+    on a randomised model); the last iterate."""
+    return pgd20(model, x, y, epsilon, step, iters, restarts=restarts)
 

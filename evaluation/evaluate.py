@@ -80,7 +80,7 @@ def attack_settings(attack, cfg):
         return {"steps": first["n_iter"], "step_size": None, "restarts": first["restarts"],
                 "early_stop": False if ran["version"] == "rand" and random_model else "cascade",
                 "early_stop_rule": ran["early_stop_rule"], "implementation": ran["implementation"],
-                "version": ran["version"], "autoattack": ran}
+                "version": ran["version"], "reduced": ran["reduced"], "autoattack": ran}
     return dict(NO_SETTINGS)
 
 

@@ -29,9 +29,12 @@ On the evaluation set (``--n_eval`` examples):
 Each result is ``{"mean", "std", "per_pass"}`` (percent; sample std over passes) with
 a ``protocol`` dict (attack, steps, step size and epsilon in 0-255 pixel units, the
 early-stop rule applied, restarts, EOT samples and whether exact, passes, n_eval,
-seeds; for AutoAttack the settings read back from the reference objects that ran).
+seeds). The numbers are read off what ran: the arguments every adaptive attack was
+called with (``attacks.recorded.Recorded``), the transfer examples' function, and for
+AutoAttack the reference objects; r2s.json's headline protocol takes its AutoAttack and
+EOT fields from those per-attack records (``headline``).
 """
-import functools
+import inspect
 import logging
 import math
 import os
@@ -40,7 +43,9 @@ import torch
 from tqdm import tqdm
 
 from attacks.autoattack import AutoAttackEval
-from attacks.randomized import RANDOMIZED_ATTACKS, expected_correct, member_logits
+from attacks.aa_cost import label
+from attacks.randomized import ARC_RHO, RANDOMIZED_ATTACKS, expected_correct, member_logits
+from attacks.recorded import Recorded
 from models.r2s import STRUCTURE_KEYS, R2S, build_r2s
 from evaluation import transfer_examples
 from evaluation.evaluate import eval_step
@@ -62,60 +67,106 @@ def r2s_from_tickets(tickets, info, seed=0):
 
 
 def adaptive_attacks(cfg, seed=0):
-    """name -> ``attack(model, x, y) -> x_adv`` for every attack through the switch (in order).
+    """name -> ``attack(model, x, y) -> x_adv`` for every attack through the switch (in order),
+    each recording what it ran (``attacks.recorded.Recorded``, AutoAttack's ``protocol()``).
     AutoAttack's call i (batch-major, pass-minor) uses seed ``seed + i``."""
     eps, step = cfg.epsilon / 255, eval_step(cfg)  # every PGD-type attack here, and ARC's local step
     settings = {"switch_pgd20": {"step": step},
                 "eot_pgd": {"step": step, "iters": int(cfg.eot_steps), "samples": int(cfg.eot_samples)},
                 "ensemble_pgd": {"step": step, "iters": int(cfg.eot_steps)},
                 "arc": {"step": step, "iters": int(cfg.eot_steps)}}
-    out = {name: functools.partial(RANDOMIZED_ATTACKS.get(name), epsilon=eps, **kw) for name, kw in settings.items()}
+    out = {name: Recorded(RANDOMIZED_ATTACKS.get(name), epsilon=eps, **kw) for name, kw in settings.items()}
     if cfg.eval_attack == "autoattack":
         out["autoattack_rand"] = AutoAttackEval(eps, getattr(cfg, "aa_version", "standard"), int(seed),
-                                                int(cfg.aa_steps))
+                                                int(cfg.aa_steps), int(getattr(cfg, "aa_queries", 5000)))
     return out
 
 
-def protocol(name, cfg, members, passes, n_eval, seed, ran=None):
-    """What was run for the result ``name`` (epsilon and step sizes in 0-255 pixel units);
-    ``ran``: settings the attack recorded while running (AutoAttack), merged last."""
-    steps, exact, step = int(cfg.eot_steps), members <= int(cfg.eot_samples), float(getattr(cfg, "eval_step", 2))
-    none = "none: every example takes every step"
-    table = {
-        "transfer_paper": dict(attack="PGD-20 on each member (source), scored on the switch", steps=20,
-                               step_size=step, early_stop=True, eot_samples=None, passes=1,
-                               early_stop_rule="per example, on the source: stops once the source misclassifies it",
-                               selection="first misclassifying iterate on the source (the paper's protocol)"),
-        "transfer_strong": dict(attack="PGD-20 on each member (source), scored on the switch", steps=20,
-                                step_size=step, early_stop=False, eot_samples=None, passes=1,
-                                early_stop_rule="none for the highest-loss candidate (the paper candidate is the "
-                                                "early-stopped one)",
-                                selection="per example the worse (lower expected accuracy) of the early-stopped and "
-                                          "the highest-source-loss iterates of one trajectory"),
-        "switch_pgd20": dict(attack="PGD-20 through the random switch (one member drawn per step)", steps=20,
-                             step_size=step, early_stop=False, early_stop_rule=none, eot_samples=1,
-                             selection="last iterate"),
-        "eot_pgd": dict(attack="EOT-PGD on the expected cross-entropy over the switch", steps=steps,
-                        step_size=step, early_stop=False, early_stop_rule=none,
-                        eot_samples=members if exact else int(cfg.eot_samples), eot_exact=exact, selection=SELECTION),
-        "ensemble_pgd": dict(attack="PGD on the cross-entropy of the members' mean softmax", steps=steps,
-                             step_size=step, early_stop=False, early_stop_rule=none, eot_samples=members,
-                             eot_exact=True, selection=SELECTION),
-        "arc": dict(attack="ARC (Dbouk & Shanbhag 2022), L-inf, all members, uniform switch", steps=steps,
-                    step_size=step, rho=0.05 * cfg.epsilon, early_stop=False,
-                    early_stop_rule="an example every member misclassifies stops (its expected accuracy is 0)",
-                    eot_samples=members, eot_exact=True,
-                    selection="accepted point, compared against its random start (expected accuracy never rises)"),
-        "autoattack_rand": dict(attack="AutoAttack rand (reference pyautoattack APGD-CE, APGD-DLR), each on every "
-                                       "example", step_size=None, early_stop=False, eot_exact=False),
-    }
-    out = dict(table.get(name, {"attack": name}), epsilon=float(cfg.epsilon), restarts=1, n_eval=n_eval,
+NONE = "none: every example takes every step"
+# what each result is, in words; the numbers (steps, step size, samples) are read off what ran
+DESCRIPTIONS = {
+    "transfer_paper": dict(attack="PGD-20 on each member (source), scored on the switch", early_stop=True,
+                           eot_samples=None, passes=1,
+                           early_stop_rule="per example, on the source: stops once the source misclassifies it",
+                           selection="first misclassifying iterate on the source (the paper's protocol)"),
+    "transfer_strong": dict(attack="PGD-20 on each member (source), scored on the switch", early_stop=False,
+                            eot_samples=None, passes=1,
+                            early_stop_rule="none for the highest-loss candidate (the paper candidate is the "
+                                            "early-stopped one)",
+                            selection="per example the worse (lower expected accuracy) of the early-stopped and "
+                                      "the highest-source-loss iterates of one trajectory"),
+    "switch_pgd20": dict(attack="PGD-20 through the random switch (one member drawn per step)", eot_samples=1,
+                         selection="last iterate"),
+    "eot_pgd": dict(attack="EOT-PGD on the expected cross-entropy over the switch", early_stop=False,
+                    early_stop_rule=NONE, selection=SELECTION),
+    "ensemble_pgd": dict(attack="PGD on the cross-entropy of the members' mean softmax", early_stop=False,
+                         early_stop_rule=NONE, eot_exact=True, selection=SELECTION),
+    "arc": dict(attack="ARC (Dbouk & Shanbhag 2022), L-inf, all members, uniform switch", early_stop=False,
+                early_stop_rule="an example every member misclassifies stops (its expected accuracy is 0)",
+                eot_exact=True,
+                selection="accepted point, compared against its random start (expected accuracy never rises)"),
+    "autoattack_rand": dict(attack="AutoAttack rand (reference pyautoattack APGD-CE, APGD-DLR), each on every "
+                                   "example", step_size=None, early_stop=False, eot_exact=False),
+}
+
+
+def _in_255(step):
+    return None if step is None else round(float(step) * 255, 6)
+
+
+def transfer_settings(step):
+    """Steps (off ``TRANSFER_EXAMPLES``' signature) and step size (1/255) of the transfer examples;
+    ``step``: what ``source_correctness`` was called with ([0, 1] units, ``--eval_step``)."""
+    params = inspect.signature(TRANSFER_EXAMPLES).parameters
+    default = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    return {"steps": default.get("iters"), "step_size": _in_255(step), "restarts": 1}
+
+
+def measured(name, ran, members):
+    """The protocol's numbers for ``name`` from the settings its calls recorded (``ran``)."""
+    if name in TRANSFER:
+        return transfer_settings((ran or {}).get("step"))
+    if not ran:
+        return {"steps": None, "step_size": None}
+    if "settings" in ran:  # AutoAttack: read back from the reference objects that ran
+        apgd = ran["settings"].get("apgd-ce", {})
+        return dict(ran, steps=apgd.get("n_iter"), restarts=apgd.get("restarts"), eot_samples=apgd.get("eot_iter"))
+    out = {"steps": ran.get("iters"), "step_size": _in_255(ran.get("step")), "restarts": ran.get("restarts", 1)}
+    known = ran.get("members")
+    if name == "switch_pgd20":  # attacks.pgd.pgd20's rule: no early stop on a randomised model
+        out.update(early_stop=not ran.get("randomized"), early_stop_rule=NONE if ran.get("randomized") else
+                   "per example: stops once the (drawn) model misclassifies it")
+    elif name == "eot_pgd":
+        exact = bool(known) and ran.get("samples") is not None and known <= ran["samples"]
+        out.update(eot_samples=known if exact else ran.get("samples"), eot_exact=exact)
+    elif name in ("ensemble_pgd", "arc"):
+        out["eot_samples"] = known
+    if name == "arc" and ran.get("epsilon") is not None:
+        out["rho"] = _in_255(ARC_RHO * ran["epsilon"])
+    return out
+
+
+def protocol(name, members, passes, n_eval, seed, epsilon, ran=None):
+    """What was run for the result ``name`` (epsilon and step sizes in 0-255 pixel units): its
+    description and the numbers read off what ran (``measured``)."""
+    out = dict(DESCRIPTIONS.get(name, {"attack": name}), epsilon=float(epsilon), restarts=1, n_eval=n_eval,
                seed=int(seed))
     out.setdefault("passes", passes)
-    if ran:
-        apgd = ran["settings"].get("apgd-ce", {})
-        out.update(ran, steps=apgd.get("n_iter"), restarts=apgd.get("restarts"), eot_samples=apgd.get("eot_iter"))
+    out.update(measured(name, ran, members))
     return out
+
+
+def headline(attacks):
+    """Fields of r2s.json's headline ``eval_protocol`` read from the per-attack protocols
+    (``attacks``: name -> result with its "protocol"), so the two always agree."""
+    def field(name, key):
+        return attacks.get(name, {}).get("protocol", {}).get(key)
+    aa = attacks.get("autoattack_rand", {}).get("protocol", {})
+    return {"aa_steps": field("autoattack_rand", "steps"), "aa_version": aa.get("requested_version"),
+            "aa_queries": (aa.get("settings", {}).get("square") or {}).get("n_queries"),
+            "aa_reduced": aa.get("reduced"),
+            "eot_steps": field("eot_pgd", "steps"), "eot_samples": field("eot_pgd", "eot_samples"),
+            "eot_exact": field("eot_pgd", "eot_exact")}
 
 
 def spread(values):
@@ -222,7 +273,9 @@ def summarise(r2s, tally, cfg, seed, attacks=None):
     """The r2s.json dict (see the module docstring)."""
     def proto(name):
         ran = getattr((attacks or {}).get(name), "protocol", None)
-        return protocol(name, cfg, tally.members, tally.passes, tally.n, seed, ran() if ran else None)
+        if name in TRANSFER:  # the step the transfer examples were made with (matrix or member_transfer)
+            ran = (lambda: {"step": eval_step(cfg)})
+        return protocol(name, tally.members, tally.passes, tally.n, seed, cfg.epsilon, ran() if ran else None)
 
     results = {}
     for key in TRANSFER:
@@ -245,8 +298,7 @@ def summarise(r2s, tally, cfg, seed, attacks=None):
                        "within_pass": spread([tally.pct(c) for c in tally.within]),
                        "protocol": ["natural", *TRANSFER, *tally.attacks],
                        "reduction": "per example, min over attacks, transfer sources and passes"},
-        "eot_samples": int(cfg.eot_samples), "eot_steps": int(cfg.eot_steps), "eval_passes": tally.passes,
-        "eval_attack": cfg.eval_attack, "aa_steps": int(cfg.aa_steps), "aa_version": getattr(cfg, "aa_version", None),
+        "eval_passes": tally.passes, "eval_attack": cfg.eval_attack, **headline(results),
         "epsilon": cfg.epsilon, "set": cfg.set,
         "n_eval": tally.n, "seed": int(seed),
     }
@@ -258,7 +310,7 @@ def summary_line(out):
     parts = [f"R2S natural {out['natural_acc1']['mean']:.2f}",
              f"transfer min paper {attacks['transfer_paper_min']['mean']:.2f}",
              f"strong {attacks['transfer_strong_min']['mean']:.2f}"]
-    parts += [f"{k} {v['mean']:.2f}" for k, v in attacks.items() if not k.startswith("transfer")]
+    parts += [f"{label(v['protocol'], k)} {v['mean']:.2f}" for k, v in attacks.items() if not k.startswith("transfer")]
     return ", ".join(parts + [f"worst case {out['worst_case']['mean']:.2f}"])
 
 
@@ -268,4 +320,4 @@ def disk_usage(r2s, path, tickets):
     masked = sum(m.numel() for m in r2s.masks(0).values())
     return {"r2s_file_bytes": os.path.getsize(path), "shared_weight_bytes": shared,
             "mask_bytes_per_member": math.ceil(masked / 8), "masked_weights": masked,
-            "ticket_files_bytes": sum(os.path.getsize(p) for p in {t.path for t in tickets})}  # a bundle once
+            "ticket_files_bytes": sum(os.path.getsize(t.path) for t in tickets)}

@@ -301,7 +301,8 @@ def run_r2s(cfg, run, tickets, skipped, info, loader, device, correct=None):
     # the headline number's protocol: each attack's own is under attacks.<name>.protocol
     result["eval_protocol"] = eval_protocol(cfg, attack="r2s_worst_case", val_split=None, examples=result["n_eval"],
                                             headline="worst_case", covers=result["worst_case"]["protocol"],
-                                            amp="none (test_trans.py evaluates in fp32)")
+                                            amp="none (test_trans.py evaluates in fp32)",
+                                            **r2s_eval.headline(result["attacks"]))
     run.write_json("r2s.json", result)
     members, attacks = result["members"], result["attacks"]
     plots.robust_vs_k([m["prune_rate"] for m in members], [m["natural_acc1"] for m in members],

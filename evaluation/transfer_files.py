@@ -6,6 +6,7 @@ are written side by side, each with its protocol record (utils.provenance).
 import csv
 import os
 
+from attacks.aa_cost import label as attack_label
 from evaluation.evaluate import attack_settings
 from utils.provenance import eval_protocol
 
@@ -34,6 +35,7 @@ def transfer_report(cfg, tickets, sources, rows, natural, robust, skipped, examp
         robust_settings.update(robust_ran, autoattack=robust_ran)
     return {"files": [t.name for t in tickets], "prune_rates": [t.prune_rate for t in tickets],
             "natural_acc1": natural, "robust_acc1": robust, "robust_attack": cfg.eval_attack,
+            "robust_label": attack_label(robust_settings, "PGD-20" if cfg.eval_attack == "pgd" else cfg.eval_attack),
             "robust_protocol": eval_protocol(cfg, settings=robust_settings, **dict(
                 common, white_box=True, transfer=None)),
             "sources": [tickets[s].name for s in sources],
@@ -76,7 +78,7 @@ def write_transfer_files(run, cfg, tickets, sources, rows, natural, robust, skip
                    [label(t) for t in tickets], run.path("transfer_matrix.png"),
                    title=f"robust accuracy (%) under PGD-20 transfer, eps {cfg.epsilon:g}/255, {cfg.set}")
     if robust_vs_k:
-        attack_name = "PGD-20" if cfg.eval_attack == "pgd" else cfg.eval_attack
+        attack_name = report["robust_label"]
         transferred = strongest_other_source(tickets, sources, rows["strong"])
         curves = {}
         if any(v is not None for v in transferred):

@@ -87,6 +87,12 @@ ROWS = [
      "--eot_samples would be ignored: it is used only with --r2s; --eval_passes would be ignored", True),
     ("trans_aa_steps_with_pgd", "test_trans.py", ["--pretrained", "{f}/empty", "--all_sources", "--aa_steps", "50"],
      "--aa_steps would be ignored: it is used only with --eval_attack autoattack", True),
+    ("trans_aa_queries_zero", "test_trans.py", ["--pretrained", "{f}/empty", "--all_sources", "--eval_attack",
+                                                 "autoattack", "--aa_queries", "0"],
+     "--aa_queries must be at least 1, got 0", True),
+    ("trans_aa_queries_with_pgd", "test_trans.py", ["--pretrained", "{f}/empty", "--all_sources", "--aa_queries",
+                                                     "100"],
+     "--aa_queries would be ignored: it is used only with --eval_attack autoattack", True),
     ("trans_val_split", "test_trans.py", ["--pretrained", "{f}/empty", "--all_sources", "--val_split", "0.1"],
      "--val_split would be ignored", True),
     # a [0, 1] radius typed where 1/255 units are expected; amp that test_trans.py would not apply

@@ -8,7 +8,7 @@ may set keys that one of them does not use.
 """
 from utils.errors import UserError
 
-AT_LEAST_ONE = ("eot_samples", "eot_steps", "aa_steps", "eval_passes", "n_eval")
+AT_LEAST_ONE = ("eot_samples", "eot_steps", "aa_steps", "aa_queries", "eval_passes", "n_eval")
 R2S_ONLY = ("eot_samples", "eot_steps", "eval_passes")
 
 
@@ -68,9 +68,10 @@ def ignored_flags(cfg, entry):
     if "aa_version" in given and not autoattack:
         out.append(("aa_version", "it is used only with --eval_attack autoattack"
                                   + ("" if entry == "test_trans" else " and an --attack_type")))
-    if "aa_steps" in given and not autoattack:
-        out.append(("aa_steps", "it is used only with --eval_attack autoattack"
-                                + ("" if entry == "test_trans" else " and an --attack_type")))
+    for dest in ("aa_steps", "aa_queries"):
+        if dest in given and not autoattack:
+            out.append((dest, "it is used only with --eval_attack autoattack"
+                              + ("" if entry == "test_trans" else " and an --attack_type")))
     return out
 
 

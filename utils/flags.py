@@ -170,6 +170,9 @@ def _evaluation(a):
     a(ALL, "--n_eval", type=int, default=None, help="limit the number of test examples evaluated")
     a(ALL, "--aa_steps", type=int, default=100,
       help="AutoAttack: APGD/APGD-T/FAB iterations (the reference's 100; fewer only for quick checks)")
+    a(ALL, "--aa_queries", type=int, default=5000,
+      help="AutoAttack: Square's queries per example (the reference's 5000; fewer only for quick checks, "
+           "recorded as a reduced protocol)")
     a(ALL, "--aa_version", default="standard", choices=("standard", "plus", "rand"),
       help="AutoAttack version (reference pyautoattack); a randomised model always gets rand")
     a(TRANS, "--all_sources", action="store_true", help="full source x target matrix")

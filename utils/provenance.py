@@ -16,8 +16,8 @@ from types import SimpleNamespace
 
 # Fields that change what a main.py validation measures. The seed is recorded but
 # not compared: it moves the attack's random start, not the protocol.
-COMPARED = ("attack", "epsilon", "steps", "step_size", "restarts", "early_stop", "aa_steps", "aa_version", "n_eval",
-            "amp")
+COMPARED = ("attack", "epsilon", "steps", "step_size", "restarts", "early_stop", "aa_steps", "aa_queries",
+            "aa_version", "n_eval", "amp")
 NO_SETTINGS = {"steps": None, "step_size": None, "restarts": None, "early_stop": None}
 
 
@@ -36,6 +36,8 @@ def eval_protocol(cfg, attack=None, settings=None, **extra):
         out.update(settings)
     autoattack = attack == "autoattack"
     out.update({"aa_steps": getattr(cfg, "aa_steps", None) if autoattack else None,
+                # a config written before --aa_queries existed ran Square's reference 5000 queries
+                "aa_queries": getattr(cfg, "aa_queries", 5000) if autoattack else None,
                 "aa_version": getattr(cfg, "aa_version", "standard") if autoattack else None,
                 "n_eval": getattr(cfg, "n_eval", None),
                 "eot_samples": getattr(cfg, "eot_samples", None), "eot_steps": getattr(cfg, "eot_steps", None),

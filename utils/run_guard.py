@@ -31,7 +31,7 @@ IGNORED_SETTINGS = {"automatic_resume", "resume", "workers", "print_freq", "mult
 # a resumed run may change these: the evaluation protocol (it re-measures under the new one,
 # evaluation.validation.reevaluate_if_changed; --val_split is refused there) and --epochs (a run is
 # extended, as the original's resume allows)
-RESUME_MAY_CHANGE = {"eval_attack", "n_eval", "aa_steps", "val_split", "amp", "epochs"}
+RESUME_MAY_CHANGE = {"eval_attack", "n_eval", "aa_steps", "aa_queries", "val_split", "amp", "epochs"}
 MAX_SIBLINGS = 1000
 
 

@@ -42,6 +42,8 @@ def protocol_text(p):
         text += ", early stop" if p["early_stop"] else ", no early stop"
     if p.get("restarts") is not None:
         text += f", {p['restarts']} restart" + ("s" if p["restarts"] != 1 else "")
+    if p.get("reduced"):  # AutoAttack below the reference's settings (--aa_steps, --aa_queries)
+        text += f", REDUCED ({'; '.join(p['reduced'])})"
     return text + f", n={p.get('n_eval') or 'all'}"
 
 
