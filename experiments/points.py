@@ -81,14 +81,17 @@ def existence_points(spec, log_dir, ablations=()):
 
 
 def autoattack_points(spec, log_dir, fig_dir, seed, trained):
-    """The spec's ``autoattack: {ks, seeds}``: for seeds below ``seeds``, the reference AutoAttack
-    (test_trans.py --eval_attack autoattack, full test split) on each architecture's RSTs at ``ks``
+    """The spec's ``autoattack: {ks, seeds, models, flags}``: for seeds below ``seeds``, the reference AutoAttack
+    (test_trans.py --eval_attack autoattack, full test split) on each architecture's (of ``models``, default
+    all) RSTs at ``ks``
     and its dense network, each checkpoint alone in a folder of one link (``link_autoattack``)."""
     table = spec.get("autoattack")
     if not table or seed >= int(table.get("seeds", 1)):
         return []
     ks, points = [float(k) for k in table.get("ks") or []], []
     for arch in spec.get("archs") or []:
+        if table.get("models") and arch["label"] not in table["models"]:
+            continue
         flags = merged(spec.get("flags"), arch.get("flags"), table.get("flags"), {"eval_attack": "autoattack"})
         for p in trained:
             if p.fields.get("model") != arch["label"] or p.fields.get("panel") != "main":
