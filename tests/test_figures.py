@@ -29,9 +29,12 @@ SMOKE_ROWS = {
     "application": {("search/k=0.1", "RST"), ("search/k=0.3", "RST"), ("search/k=0.5", "RST"),
                     ("dense", "dense AT"), ("matrix", "matrix"), ("r2s", "r2s")},
 }
+# AutoAttack rows (seed 0 only: the spec's autoattack.seeds)
+SMOKE_AA = {"existence": {(f"autoattack/{arch}/{kind}/k={k}", variant) for arch in ("cresnet18", "wrn-34-10")
+                          for kind, variant, k in (("rst", "RST", "0.5"), ("dense-at", "dense AT", "1"))}}
 
 
-def figures(*args, timeout=120):
+def figures(*args, timeout=300):
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, FIGURES, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -64,14 +67,20 @@ def test_smoke_figure_rows(smoke, figure):
     all_rows = read_rows(folder / f"{figure}.csv")
     rows = [r for r in all_rows if r["row"] == "seed"]
     summary = [r for r in all_rows if r["row"] == "summary"]
-    assert {(r["id"], r["variant"]) for r in summary} == SMOKE_ROWS[figure] and len(summary) == len(SMOKE_ROWS[figure])
+    aa = SMOKE_AA.get(figure, set())
+    assert {(r["id"], r["variant"]) for r in summary} == SMOKE_ROWS[figure] | aa
+    assert len(summary) == len(SMOKE_ROWS[figure] | aa)
     assert sorted((r["id"], r["seed"]) for r in rows) == sorted(
-        (pid, str(s)) for pid, _ in SMOKE_ROWS[figure] for s in range(SEEDS[figure]))
+        [(pid, str(s)) for pid, _ in SMOKE_ROWS[figure] for s in range(SEEDS[figure])] + [(pid, "0") for pid, _ in aa])
     assert all(r["status"] == "done" for r in all_rows)
-    assert all(r["n_seeds"] == str(SEEDS[figure]) and r["seed"] == "" for r in summary)
+    assert all(r["n_seeds"] == str(1 if (r["id"], r["variant"]) in aa else SEEDS[figure]) and r["seed"] == ""
+               for r in summary)
+    assert all(0 <= float(r["aa_robust_acc1"]) <= 100 and r["aa_steps"] == "2" for r in rows if r.get("panel") == "autoattack")
     claims = json.loads((folder / "claims.json").read_text())["claims"]
     text = (folder / "claims.md").read_text()
-    assert claims and all(c["verdict"] in ("holds", "does not hold", "inconclusive at this scale") for c in claims)
+    verdicts = ("holds", "does not hold", "inconclusive", "PGD-20 numbers kept", "AutoAttack numbers used for C1a")
+    assert claims and all(c["verdict"] in verdicts and c["verdict_converged_only"] in verdicts for c in claims)
+    assert ("A0" in {c["id"] for c in claims}) == bool(aa)
     assert all(f"**{c['verdict']}**" in text and c["id"] in text for c in claims)
     assert "Convergence: no run has a convergence flag" in text  # 1 epoch: never judged
     for r in rows:

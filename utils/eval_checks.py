@@ -92,9 +92,10 @@ def check_attack_reach(cfg, entry):
         attacks.append(("--eot_steps", int(cfg.eot_steps)))
     for name, iters in attacks:
         if iters * step < eps:
+            usual = f" (eps/4 = {eps / 4:g} is usual)" if iters >= 4 else ""
             raise UserError(f"--eval_step {step:g} x {iters} steps ({name}) = {iters * step:g}/255 cannot reach the "
-                            f"surface of the --epsilon {eps:g}/255 ball; pass --eval_step >= {eps / iters:g} "
-                            f"(eps/4 = {eps / 4:g} is usual) or --allow_short_attack to run the weaker attack")
+                            f"surface of the --epsilon {eps:g}/255 ball; pass --eval_step >= {eps / iters:g}{usual} "
+                            f"or --allow_short_attack to run the weaker attack")
 
 
 def check_eval_settings(cfg, entry):
