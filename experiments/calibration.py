@@ -17,6 +17,7 @@ import os
 
 from experiments import collect, draw
 from experiments.collect import md_table, rows_by
+from experiments.points import slug
 from experiments.spec import merged, training_point
 from experiments.stats import describe, fmt
 from utils.errors import UserError
@@ -57,15 +58,10 @@ def calibration_points(spec, log_dir):
             flags = merged(spec.get("flags"), arch.get("flags"),
                            {"epsilon": r, "train_step": round(r * steps["train"], 6),
                             "eval_step": round(r * steps["eval"], 6)})
-            points.append(training_point(f"dense/{_slug(arch['label'])}/eps={r:g}", "train", arch["config"], flags,
+            points.append(training_point(f"dense/{slug(arch['label'])}/eps={r:g}", "train", arch["config"], flags,
                                          task="train_full", name=f"dense-eps{r:g}", log_dir=log_dir,
                                          fields={"model": arch["label"], "variant": "dense AT", "radius": r}))
     return points
-
-
-def _slug(text):
-    from experiments.points import slug
-    return slug(text)
 
 
 def drops(summary):
