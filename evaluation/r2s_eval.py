@@ -320,4 +320,4 @@ def disk_usage(r2s, path, tickets):
     masked = sum(m.numel() for m in r2s.masks(0).values())
     return {"r2s_file_bytes": os.path.getsize(path), "shared_weight_bytes": shared,
             "mask_bytes_per_member": math.ceil(masked / 8), "masked_weights": masked,
-            "ticket_files_bytes": sum(os.path.getsize(t.path) for t in tickets)}
+            "ticket_files_bytes": sum(os.path.getsize(p) for p in {t.path for t in tickets})}  # a bundle once

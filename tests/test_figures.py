@@ -121,14 +121,16 @@ def test_smoke_application_outputs(smoke):
 
 
 def test_rerun_skips_finished_and_resumes_interrupted(smoke):
-    dirs = {(r["id"], r["seed"]): r["run_dir"] for r in read_rows(smoke / "existence" / "existence.csv")}
+    rows = read_rows(smoke / "existence" / "existence.csv")
+    dirs = {(r["id"], r["seed"]): r["run_dir"] for r in rows}
+    result = {(r["id"], r["seed"]): "transfer_matrix.json" if r["task"] == "transfer" else "results.json" for r in rows}
     run_dir = dirs["dense/cresnet18", "1"]
     os.remove(os.path.join(run_dir, "results.json"))  # as if killed after its last checkpoint
-    kept = [os.path.join(d, "results.json") for key, d in dirs.items() if key[1] and key != ("dense/cresnet18", "1")]
+    kept = [os.path.join(d, result[key]) for key, d in dirs.items() if key[1] and key != ("dense/cresnet18", "1")]
     before = [os.path.getmtime(k) for k in kept]
     proc = figures("existence", "--profile", "smoke", "--out", smoke, "--seeds", 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count(": skipped (finished") == 11  # every other point of both seeds
+    assert proc.stderr.count(": skipped (finished") == 15  # every other point of both seeds, AutoAttack's 4 too
     assert "dense/cresnet18/seed=1: running (resuming)" in proc.stderr
     assert os.path.isfile(os.path.join(run_dir, "results.json")) and [os.path.getmtime(k) for k in kept] == before
     assert "resumed from" in open(os.path.join(smoke, "existence", "logs", "dense_cresnet18_seed=1.log")).read()
@@ -278,8 +280,8 @@ def test_dry_run_lists_every_point():
     proc = figures("property", "--profile", "digits", "--dry-run", "--out", "/nonexistent/figures")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 66 and all(" new " in line for line in lines)  # 22 points x 3 seeds
-    assert sum(line.startswith("finetune") for line in lines) == 48
+    assert len(lines) == 110 and all(" new " in line for line in lines)  # 22 points x 5 seeds
+    assert sum(line.startswith("finetune") for line in lines) == 80
     assert sum("--seed 2 " in line and "seed=2" in line for line in lines) == 22
     assert all("--automatic_resume" in line for line in lines)
     assert all(" OMP_NUM_THREADS=1 python " in line for line in lines)  # the digits spec's threads: 1

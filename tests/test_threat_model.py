@@ -72,7 +72,7 @@ def test_eval_step_reaches_transfer_examples_and_r2s_attacks(fitted):
     assert seen == [5 / 255]
     cfg = parse_config(FLAGS + ["--epsilon", "16", "--eval_step", "5", "--eot_steps", "3"])
     attacks = r2s_eval.adaptive_attacks(cfg)
-    assert {name: a.keywords["step"] for name, a in attacks.items()} == pytest.approx(
+    assert {name: a.kwargs["step"] for name, a in attacks.items()} == pytest.approx(
         {name: 5 / 255 for name in attacks})
 
 
