@@ -61,13 +61,30 @@ def test_every_docs_page_is_in_the_nav_and_validation_is_strict():
 
 
 def test_figures_page_claims_tables_equal_the_generated_ones():
-    page = read("docs", "figures.md")
-    generated = sorted(f[:-len("_claims.md")] for f in os.listdir(os.path.join(DOCS, "figures"))
-                       if f.endswith("_claims.md"))
-    assert sorted(splice.figures_marked(page)) == generated
-    assert splice.splice(page, os.path.join(DOCS, "figures")) == page, \
-        "run: python -m experiments.splice docs/figures.md"
+    page, figures = read("docs", "figures.md"), os.path.join(DOCS, "figures")
+    generated = sorted(os.path.relpath(os.path.join(d, f), figures)[:-len("_claims.md")]
+                       for d, _, files in os.walk(figures) for f in files if f.endswith("_claims.md"))
+    assert sorted(m.group(2) for m in splice.MARKER.finditer(page)) == generated
+    assert [m.group(2) for m in splice.VERDICTS.finditer(page)] == [". digits-eps8"]
+    assert splice.splice(page, figures) == page, "run: python -m experiments.splice docs/figures.md"
     assert splice.main([os.path.join(DOCS, "figures.md"), "--check"]) == 0
+    readme = os.path.join(os.path.dirname(DOCS), "README.md")  # its verdict table, from the same files
+    assert splice.main([readme, "--claims-dir", figures, "--check"]) == 0
+
+
+def test_verdict_table_sets_regimes_side_by_side(tmp_path):
+    for regime, verdict in ((".", "holds"), ("old", "inconclusive")):
+        for figure in splice.FIGURES:
+            folder = tmp_path / regime
+            folder.mkdir(exist_ok=True)
+            claims = [{"id": f"C-{figure}", "verdict": verdict, "verdict_converged_only": "holds", "numbers": [],
+                       "seeds_needed": 7 if verdict == "inconclusive" else None,
+                       "threshold": {"quantity": "share", "value": -0.15, "paper": -0.101}}]
+            (folder / f"{figure}_claims.json").write_text(__import__("json").dumps({"claims": claims}))
+    table = splice.verdict_table(str(tmp_path), [".", "old"]).splitlines()
+    assert len(table) == 2 + len(splice.FIGURES)
+    assert table[2] == ("| C-existence | share: -0.15 (-0.10) | **holds** / holds | **inconclusive** / holds "
+                        "(seeds needed: 7) |")
 
 
 def test_splice_replaces_a_stale_table(tmp_path):
