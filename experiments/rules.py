@@ -83,7 +83,7 @@ def claim_seeds(parts, need, verdict):
     """For an inconclusive claim over parts [(verdict, seeds needed, leans to hold)]: the seeds at which
     enough open parts that lean towards holding would decide (the ``need - held`` smallest), or, when
     too few lean that way, the seeds at which the failing side would be decided; None if decided."""
-    if verdict != OPEN:
+    if verdict != OPEN or all(n is None for _, n, _ in parts):  # decided, or no spread to judge by (one seed)
         return None
     held = sum(v == HOLDS for v, _, _ in parts)
     numbers = sorted(n for v, n, lean in parts if v == OPEN and lean and isinstance(n, int))
