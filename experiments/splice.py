@@ -76,3 +76,37 @@ def _threshold(c):
         return "–"
     paper = "–" if t.get("paper") is None else f"{t['paper']:.2f}"
     return f"{t['quantity']}: {t['value']:g} ({paper})"
+
+
+def figures_marked(text):
+    return [m.group(2) for m in MARKER.finditer(text)] + [f"verdicts of {m.group(2)}" for m in VERDICTS.finditer(text)]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("page")
+    p.add_argument("--claims-dir", default=None, help="where <figure>_claims.md are (default: figures/ beside the page)")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table is out of date")
+    args = p.parse_args(argv)
+    claims_dir = args.claims_dir or os.path.join(os.path.dirname(os.path.abspath(args.page)), "figures")
+    with open(args.page) as fh:
+        text = fh.read()
+    if not figures_marked(text):
+        print(f"error: {args.page} has no '<!-- claims: FIGURE -->' marker", file=sys.stderr)
+        return 2
+    new = splice(text, claims_dir)
+    if args.check:
+        if new != text:
+            print(f"{args.page}: claims tables differ from {claims_dir}/*_claims.md; "
+                  f"run python -m experiments.splice {args.page}", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        with open(args.page, "w") as fh:
+            fh.write(new)
+    print(f"{args.page}: {', '.join(figures_marked(text))} {'updated' if new != text else 'up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
