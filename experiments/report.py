@@ -208,7 +208,7 @@ def application(spec, points, fig_dir):
                        (paper_label, "r2s_transfer_paper", r2s),
                        (f"PGD-20 transferred (strong), minimum over {n_src} source tickets", "r2s_transfer_strong",
                         r2s),
-                       ("worst case per example over every attack (transfer and adaptive)", "r2s_worst_case", r2s)])]
+                       ("worst case per example, every attack", "r2s_worst_case", r2s)])]
     bars = [(g, [(label, row.get(m)) for label, m, row in items]) for g, items in groups]
     errors = {(g, label): row.get(f"{m}_ci95") for g, items in groups for label, m, row in items}
     table = [[g] + [mean_ci(row, m) for _, m, row in items] + [None] * (4 - len(items)) for g, items in groups]
