@@ -26,8 +26,8 @@ SETTINGS = ("set", "arch", "width_mult", "init", "conv_type", "epochs", "batch_s
             "attack_type", "attack_iters", "epsilon", "train_step", "eval_step", "n_eval", "seed")
 TRAIN_METRICS = ("best_natural_acc1", "best_robust_acc1", "natural_acc1_at_best_robustness", "best_acc1",
                  "best_epoch", "natural_acc1", "robust_acc1")
-HEADLINE = ("best_natural_acc1", "best_robust_acc1", "aa_robust_acc1", "r2s_natural", "r2s_transfer_paper", "r2s_transfer_strong",
-            "r2s_worst_case", "offdiag_mean", "diag_mean", "offdiag_mean_paper")
+HEADLINE = ("best_natural_acc1", "best_robust_acc1", "aa_robust_acc1", "r2s_natural", "r2s_transfer_paper",
+            "r2s_transfer_strong", "r2s_worst_case", "offdiag_mean", "diag_mean", "offdiag_mean_paper")
 NOT_SUMMED = set(SETTINGS) | {"k", "seed", "tickets", "epochs_done", "best_epoch", "aa_steps", "aa_n_eval"}
 
 

@@ -130,8 +130,8 @@ def test_r2s_bundle_loads_like_its_three_checkpoints(digits_runs, tmp_path, caps
     paths = [str(folder / f"cResNet18_{k}.pth") for k in runs]
     cli_main(tickets.main, ["bundle", *paths, "--out", str(tmp_path / "r2s_bundle.pth")])
     assert "3 tickets of one network (seed 0)" in capsys.readouterr().out
-    flags = EVAL + ["--r2s", "--n_eval", "16", "--eval_passes", "1", "--eot_samples", "3", "--eot_steps", "1", "--eval_step", "8",
-                    "--name", "r2s", "--log-dir"]
+    flags = EVAL + ["--r2s", "--n_eval", "16", "--eval_passes", "1", "--eot_samples", "3", "--eot_steps", "1",
+                    "--eval_step", "8", "--name", "r2s", "--log-dir"]
     from_bundle = test_trans.main(flags + [str(tmp_path / "a"), "--pretrained", str(tmp_path / "r2s_bundle.pth")])
     from_files = test_trans.main(flags + [str(tmp_path / "b"), "--pretrained", str(folder)])
     assert from_bundle["natural_acc1"] == from_files["natural_acc1"]
