@@ -18,8 +18,9 @@ import os
 from experiments import collect, draw
 from experiments.collect import md_table, rows_by
 from experiments.points import slug
+from experiments.rules import drop_of
 from experiments.spec import merged, training_point
-from experiments.stats import describe, fmt
+from experiments.stats import fmt
 from utils.errors import UserError
 
 NATURAL, ROBUST = "best_natural_acc1", "best_robust_acc1"
@@ -90,7 +91,7 @@ def choose_radius(summary, rule, archs):
 def seed_drops(rows, radius, model):
     """describe() of the per-seed drops of one architecture at one radius."""
     mine = rows_by(rows, radius=radius, model=model)
-    return describe([r[NATURAL] - r[ROBUST] for r in mine if r.get(NATURAL) is not None and r.get(ROBUST) is not None])
+    return drop_of({r["seed"]: r.get(NATURAL) for r in mine}, {r["seed"]: r.get(ROBUST) for r in mine})
 
 
 def report(spec, points, fig_dir):
