@@ -4,9 +4,11 @@ page carrying the README's commands. (CI also runs `mkdocs build --strict`, see 
 import os
 import re
 
+import pytest
 import yaml
 
 from experiments import splice
+from scripts import docs_home
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
@@ -106,3 +108,15 @@ def test_home_page_carries_the_readme_commands_and_layout():
     assert fenced_blocks(readme) and fenced_blocks(readme) == fenced_blocks(index)
     layout = [ln for ln in readme.split("## Layout", 1)[1].splitlines() if ln.startswith("|")]
     assert layout and all(ln in index for ln in layout)
+
+
+def test_home_page_is_the_readme_generated():
+    """docs/index.md is scripts/docs_home.py's output, so a verdict changed in the README reaches the site."""
+    readme = read("README.md")
+    assert docs_home.main(["--check"]) == 0
+    assert read("docs", "index.md") == docs_home.home_page(readme)
+    drifted = readme.replace("| C3 |", "| C3 (edited) |", 1)
+    assert drifted != readme and docs_home.home_page(drifted) != read("docs", "index.md")
+    assert "](docs/" not in docs_home.home_page(readme) and "## Pages" in docs_home.home_page(readme)
+    with pytest.raises(ValueError):
+        docs_home.home_page(readme.replace("## Documentation", "## Elsewhere"))
