@@ -24,11 +24,10 @@ import torch
 from models import build_model
 from utils.errors import UserError
 from utils.mask_coding import CODER, coder_version, decode_mask, masks_digest
-from utils.ticket_format import json_tensor, tensor_json, unpack_tensors
+from utils.ticket_format import BUNDLE_FORMAT, json_tensor, tensor_json, unpack_tensors
 
 GENERATOR = "torch.manual_seed(seed) then build_model on the CPU default generator (trainers.loop.prepare)"
 DEVICE = "cpu"  # trainers.loop.prepare builds the model on the CPU, then moves it
-BUNDLE_FORMAT = "rst-ticket-bundle"  # tickets.py bundle: one network, N members
 # a member's JSON-able fields, written as one zlib-compressed JSON header (``to_file``)
 HEADER_FIELDS = ("config", "card", "coder", "coder_version", "masks", "masks_sha256", "layout", "network")
 

@@ -169,3 +169,16 @@ def test_a_bundle_of_portable_ticket_files_rebuilds_each_member(tmp_path):
     torch.save(ckpt, tmp_path / "c0.4.pth")
     with pytest.raises(UserError, match=r"c0.4.pth' cannot join a bundle: the kept weights of 'conv1'"):
         tickets.main(["bundle", str(tmp_path / "c0.2.pth"), str(tmp_path / "c0.4.pth"), "--out", str(tmp_path / "x.pth")])
+
+
+def test_main_evaluate_names_a_bundle_for_what_it_is(tmp_path, capsys):
+    """main.py -e --pretrained BUNDLE: one line saying it is a bundle and which command reads it."""
+    for k in (0.2, 0.4):
+        save_checkpoint(tmp_path / f"c{k}.pth", "--init", "kaiming_normal", "--seed", "0", k=k)
+    tickets.main(["bundle", str(tmp_path / "c0.2.pth"), str(tmp_path / "c0.4.pth"), "--out", str(tmp_path / "b.pth")])
+    with pytest.raises(SystemExit) as exc:
+        cli_main(main_entry.main, ["-e", "--pretrained", str(tmp_path / "b.pth"), "--log-dir", str(tmp_path / "r"),
+                                   "--n_eval", "8", "--workers", "0"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "\n" not in err
+    assert "is a ticket bundle (2 tickets of one network)" in err and "test_trans.py --r2s" in err

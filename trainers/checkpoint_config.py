@@ -9,7 +9,7 @@ none of it: the flags are used, as the original does. Tasks that train from
 --pretrained (an RTT search from a dense network, ft_*) keep the given flags.
 """
 from models.r2s import STRUCTURE_KEYS
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, refuse_bundle
 from utils.errors import UserError
 
 FLAG_NAMES = {"prune_rate": "--prune-rate", "width_mult": "--width-mult", "arch": "--arch",
@@ -45,7 +45,9 @@ def apply_checkpoint_structure(cfg, path, entry="main"):
     UserError when a typed flag disagrees with the checkpoint. train_full.py's k stays 1.
     Returns the keys taken from the checkpoint.
     """
-    saved = saved_structure(load_checkpoint(path))
+    ckpt = load_checkpoint(path)
+    refuse_bundle(ckpt, path)
+    saved = saved_structure(ckpt)
     if entry == "train_full":
         saved.pop("prune_rate", None)
     given = set(getattr(cfg, "given", ()))

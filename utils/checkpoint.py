@@ -21,7 +21,7 @@ import warnings
 import torch
 
 from utils.errors import UserError
-from utils.ticket_format import decode_ticket, is_ticket
+from utils.ticket_format import BUNDLE_FORMAT, decode_ticket, is_ticket
 
 log = logging.getLogger("rst")
 TMP_PREFIX = ".tmp-"  # temporary files of atomic_save; glob('*.pth') does not match them
@@ -133,8 +133,16 @@ def load_checkpoint(path, map_location="cpu"):
     return decode_ticket(obj, path) if is_ticket(obj) else obj  # a tickets.py export: a checkpoint dict
 
 
+def refuse_bundle(ckpt, path="checkpoint"):
+    """UserError if ``ckpt`` is a ``tickets.py bundle`` (N tickets, no single model to load)."""
+    if isinstance(ckpt, dict) and ckpt.get("format") == BUNDLE_FORMAT:
+        raise UserError(f"'{path}' is a ticket bundle ({len(ckpt.get('members') or [])} tickets of one network): "
+                        f"test_trans.py --r2s or --all_sources reads it; this command takes one ticket or checkpoint")
+
+
 def extract_state_dict(ckpt, path="checkpoint"):
     """The model state dict inside a checkpoint (or the checkpoint itself), bare keys."""
+    refuse_bundle(ckpt, path)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"'{path}' holds no model state_dict")

@@ -32,6 +32,7 @@ from utils.errors import UserError
 
 FORMAT, VERSION = "rst-ticket", 1
 SEEDED_VERSION = 2  # a seeded ticket (models.seeded): seed, flags, entropy-coded masks, BN statistics
+BUNDLE_FORMAT = "rst-ticket-bundle"  # tickets.py bundle: one network, N members (for R2S)
 _BIT_VALUES = (128, 64, 32, 16, 8, 4, 2, 1)
 
 
