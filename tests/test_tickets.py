@@ -93,6 +93,26 @@ def test_a_changed_weight_falls_back_to_kept_weights(tmp_path):
         assert torch.equal(logits_of(tmp_path / "t.pth", x), model(x))
 
 
+def test_kept_zero_weights_keep_the_sign_bit_encoding(tmp_path):
+    """sign(0) = 0 in the signed-constant init: a kept weight that is exactly 0 (+0.0 or -0.0) is stored
+    as an exception, not by falling back to the layer's fp32 weights."""
+    cfg, model = save_checkpoint(tmp_path / "ckpt.pth", "--init", "signed_constant")
+    ckpt = torch.load(tmp_path / "ckpt.pth", weights_only=True)
+    name = "layer1.0.conv1."
+    keep = ckpt["state_dict"][name + "scores"].abs().flatten().argsort(descending=True)[:2]
+    ckpt["state_dict"][name + "weight"].view(-1)[keep] = torch.tensor([0.0, -0.0])  # two kept weights
+    torch.save(ckpt, tmp_path / "ckpt.pth")
+    export(str(tmp_path / "ckpt.pth"), str(tmp_path / "t.pth"))
+    entry = torch.load(tmp_path / "t.pth", weights_only=True)["layers"][name]
+    assert entry["encoding"] == "signed_constant+zeros" and entry["zeros"].numel() == 2
+    decoded = extract_state_dict(load_checkpoint(str(tmp_path / "t.pth")))[name + "weight"].view(-1)
+    assert torch.equal(torch.signbit(decoded[keep]), torch.tensor([False, True])) and not decoded[keep].any()
+    model.load_state_dict(ckpt["state_dict"])
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(logits_of(tmp_path / "t.pth", x), model(x))
+
+
 def test_dense_checkpoint_is_not_a_ticket(tmp_path):
     cfg = tiny_cfg("--conv_type", "DenseConv")
     torch.save({"arch": cfg.arch, "prune_rate": 1.0, "config": config_dict(cfg),

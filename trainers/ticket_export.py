@@ -60,14 +60,25 @@ def sha256(path):
 
 def encode_weights(weight, keep_w):
     """The kept weights as {'encoding': 'signed_constant', constant, signs} when every one is +-c
-    bit for bit (c > 0), else {'encoding': 'kept', kept}."""
+    bit for bit (c > 0); as 'signed_constant+zeros' (the same plus the positions of kept weights
+    that are exactly 0, their sign bit in ``signs``) when a few are 0: the signed-constant init
+    draws sign(w) * c and sign(0) = 0; else {'encoding': 'kept', kept}."""
     kept = weight[keep_w]
-    if kept.numel():
-        c = kept[0].abs()
-        signs = kept > 0
-        if c > 0 and torch.equal(torch.where(signs, c, -c), kept):
-            return {"encoding": "signed_constant", "constant": c.clone(), "signs": pack_bits(signs)}
-    return {"encoding": "kept", "kept": kept.clone()}
+    nonzero = kept != 0
+    if not nonzero.any():
+        return {"encoding": "kept", "kept": kept.clone()}
+    c = kept[nonzero][0].abs()
+    zeros = (~nonzero).nonzero().flatten()
+    signs = torch.where(nonzero, kept > 0, ~torch.signbit(kept))  # a zero's bit: +0.0 or -0.0
+    rebuilt = torch.where(signs, c, -c)
+    rebuilt[zeros] = torch.where(signs[zeros], 0.0, -0.0).to(kept.dtype)
+    exact = torch.equal(rebuilt, kept) and torch.equal(torch.signbit(rebuilt), torch.signbit(kept))
+    if not (c > 0 and exact and zeros.numel() * 64 <= kept.numel()):  # an index costs 64 bits; a value 32
+        return {"encoding": "kept", "kept": kept.clone()}
+    entry = {"encoding": "signed_constant", "constant": c.clone(), "signs": pack_bits(signs)}
+    if zeros.numel():
+        entry.update(encoding="signed_constant+zeros", zeros=zeros.to(torch.int64))
+    return entry
 
 
 def encode_layer(weight, scores, k, name):

@@ -9,8 +9,10 @@ only tensors, strings, numbers, lists and dicts, so loading runs no code:
 * ``layers``: per masked layer (state-dict prefix), ``mask``: its keep mask over the
   scores, bit-packed (uint8, C order, most significant bit first), and its kept weights:
   ``encoding`` ``signed_constant`` (one constant and one sign bit per kept weight,
-  packed the same way) when every kept weight is +-c bit for bit, else ``kept``
-  (the kept weights themselves, in their dtype, in C order);
+  packed the same way) when every kept weight is +-c bit for bit; ``signed_constant+zeros``
+  the same plus ``zeros``, the int64 positions (among the kept weights) of those that are
+  exactly 0, whose sign bit is their bit in ``signs``; else ``kept`` (the kept weights
+  themselves, in their dtype, in C order);
 * ``tensors``: every other state-dict entry as it is (BatchNorm statistics, dense layers);
   ``order``: the state dict's key order.
 
@@ -78,9 +80,12 @@ def decode_layer(entry, path):
         keep = unpack_bits(entry["mask"], n).view(mask_shape)
         keep_w = broadcast_keep(keep, weight_shape)
         kept = int(keep_w.sum())
-        if entry["encoding"] == "signed_constant":
-            c = entry["constant"].to(dtype)
-            values = torch.where(unpack_bits(entry["signs"], kept), c, -c)
+        if entry["encoding"] in ("signed_constant", "signed_constant+zeros"):
+            c, signs = entry["constant"].to(dtype), unpack_bits(entry["signs"], kept)
+            values = torch.where(signs, c, -c)
+            if entry["encoding"] == "signed_constant+zeros":  # kept weights that are 0 (sign(0) in the init)
+                zeros = entry["zeros"]
+                values[zeros] = torch.where(signs[zeros], 0.0, -0.0).to(dtype)
         else:
             values = entry["kept"].to(dtype)
         weight = torch.zeros(weight_shape, dtype=dtype)
