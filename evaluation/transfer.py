@@ -46,6 +46,7 @@ from utils.run_guard import choose_run_dir
 from utils.provenance import eval_protocol
 from utils.run_dir import Run, setup_logging
 from utils.seed import seed_all
+from utils.ticket_format import is_bundle
 
 log = logging.getLogger("rst")
 CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".state")
@@ -163,7 +164,6 @@ def resolve_pretrained(cfg):
         return path, None
     if not os.path.isfile(path):
         raise UserError(f"source ticket '{path}' not found")
-    from models.seeded import is_bundle
     if is_bundle(load_checkpoint(path)):  # tickets.py bundle: its members are the tickets
         if not (cfg.all_sources or cfg.r2s):
             raise UserError(f"--pretrained '{path}' is a ticket bundle: pass --r2s and/or --all_sources to use "

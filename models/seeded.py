@@ -24,7 +24,7 @@ import torch
 from models import build_model
 from utils.errors import UserError
 from utils.mask_coding import CODER, coder_version, decode_mask, masks_digest
-from utils.ticket_format import BUNDLE_FORMAT, json_tensor, tensor_json, unpack_tensors
+from utils.ticket_format import json_tensor, tensor_json, unpack_tensors
 
 GENERATOR = "torch.manual_seed(seed) then build_model on the CPU default generator (trainers.loop.prepare)"
 DEVICE = "cpu"  # trainers.loop.prepare builds the model on the CPU, then moves it
@@ -166,7 +166,3 @@ def decode_bundle(bundle, path="bundle"):
                                                              f"{path}#{i}")) for i, m in enumerate(bundle["members"])]
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
         raise UserError(f"ticket bundle '{path}' is damaged ({type(exc).__name__}: {str(exc)[:80]})") from None
-
-
-def is_bundle(obj):
-    return isinstance(obj, dict) and obj.get("format") == BUNDLE_FORMAT

@@ -23,7 +23,8 @@ from models.seeded import to_file
 from trainers.ticket_seeded import NotSeeded, encode_seeded, masked_prefixes
 from utils.checkpoint import atomic_save, extract_state_dict, load_checkpoint
 from utils.errors import UserError
-from utils.ticket_format import FORMAT, SEEDED_VERSION, VERSION, broadcast_keep, pack_bits
+from utils.ticket_format import (FORMAT, SEEDED_VERSION, VERSION, broadcast_keep, pack_bits,
+                                 signed_constant_values)
 
 # layer types whose mask is the top-k of |scores| (the mask a ticket stores); Sample/Fixed layers are not
 TOPK_TYPES = (None, "SubnetConv", "SubnetConv_filter", "SubnetConv_kernel", "SubnetConv_row")
@@ -70,8 +71,7 @@ def encode_weights(weight, keep_w):
     c = kept[nonzero][0].abs()
     zeros = (~nonzero).nonzero().flatten()
     signs = torch.where(nonzero, kept > 0, ~torch.signbit(kept))  # a zero's bit: +0.0 or -0.0
-    rebuilt = torch.where(signs, c, -c)
-    rebuilt[zeros] = torch.where(signs[zeros], 0.0, -0.0).to(kept.dtype)
+    rebuilt = signed_constant_values(c, signs, zeros)
     exact = torch.equal(rebuilt, kept) and torch.equal(torch.signbit(rebuilt), torch.signbit(kept))
     if not (c > 0 and exact and zeros.numel() * 64 <= kept.numel()):  # an index costs 64 bits; a value 32
         return {"encoding": "kept", "kept": kept.clone()}

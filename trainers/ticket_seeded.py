@@ -13,12 +13,11 @@ import os
 import torch
 
 from models.conv_type import topk_keep
-from models.seeded import (BUNDLE_FORMAT, decode_bundle, network_digest, network_record, regenerate,
-                           regenerated_keys, to_file)
+from models.seeded import decode_bundle, network_digest, network_record, regenerate, regenerated_keys, to_file
 from utils.checkpoint import atomic_save, extract_state_dict, load_checkpoint
 from utils.errors import UserError
 from utils.mask_coding import CODER, coder_version, encode_mask, masks_digest
-from utils.ticket_format import FORMAT, SEEDED_VERSION, broadcast_keep, pack_tensors
+from utils.ticket_format import BUNDLE_FORMAT, FORMAT, SEEDED_VERSION, broadcast_keep, pack_tensors
 
 BUNDLE_VERSION = 1
 # image sides tried when the flags do not fix the shapes (only Conv*/VGG/FC weights depend on it)

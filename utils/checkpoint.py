@@ -21,7 +21,7 @@ import warnings
 import torch
 
 from utils.errors import UserError
-from utils.ticket_format import BUNDLE_FORMAT, decode_ticket, is_ticket
+from utils.ticket_format import decode_ticket, is_bundle, is_ticket
 
 log = logging.getLogger("rst")
 TMP_PREFIX = ".tmp-"  # temporary files of atomic_save; glob('*.pth') does not match them
@@ -135,7 +135,7 @@ def load_checkpoint(path, map_location="cpu"):
 
 def refuse_bundle(ckpt, path="checkpoint"):
     """UserError if ``ckpt`` is a ``tickets.py bundle`` (N tickets, no single model to load)."""
-    if isinstance(ckpt, dict) and ckpt.get("format") == BUNDLE_FORMAT:
+    if is_bundle(ckpt):
         raise UserError(f"'{path}' is a ticket bundle ({len(ckpt.get('members') or [])} tickets of one network): "
                         f"test_trans.py --r2s or --all_sources reads it; this command takes one ticket or checkpoint")
 

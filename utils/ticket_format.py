@@ -55,6 +55,20 @@ def is_ticket(obj):
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
+def is_bundle(obj):
+    """True for a ``tickets.py bundle`` (N tickets of one network, for R2S)."""
+    return isinstance(obj, dict) and obj.get("format") == BUNDLE_FORMAT
+
+
+def signed_constant_values(c, signs, zeros=None):
+    """Kept weights of a signed-constant layer: +c where ``signs`` is set, else -c; at the positions
+    ``zeros`` (kept weights that are exactly 0) +0.0 or -0.0 by the same bit."""
+    values = torch.where(signs, c, -c)
+    if zeros is not None and zeros.numel():
+        values[zeros] = torch.where(signs[zeros], 0.0, -0.0).to(values.dtype)
+    return values
+
+
 def broadcast_keep(keep, weight_shape):
     """A keep mask over the scores (weight-shaped, or one score per filter / kernel / row,
     stored with fewer dims) as a bool mask over the weight."""
@@ -81,11 +95,8 @@ def decode_layer(entry, path):
         keep_w = broadcast_keep(keep, weight_shape)
         kept = int(keep_w.sum())
         if entry["encoding"] in ("signed_constant", "signed_constant+zeros"):
-            c, signs = entry["constant"].to(dtype), unpack_bits(entry["signs"], kept)
-            values = torch.where(signs, c, -c)
-            if entry["encoding"] == "signed_constant+zeros":  # kept weights that are 0 (sign(0) in the init)
-                zeros = entry["zeros"]
-                values[zeros] = torch.where(signs[zeros], 0.0, -0.0).to(dtype)
+            values = signed_constant_values(entry["constant"].to(dtype), unpack_bits(entry["signs"], kept),
+                                            entry["zeros"] if entry["encoding"] == "signed_constant+zeros" else None)
         else:
             values = entry["kept"].to(dtype)
         weight = torch.zeros(weight_shape, dtype=dtype)
